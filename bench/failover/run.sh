@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Failover benchmark: uphold and keepalived side by side on the same faults, in
+# a network-namespace lab (3 nodes + client on a private bridge). Prints a
+# markdown table with ratios. Root only; not a CI test. See README.md.
+#
+# Environment:
+#   REPS=5                 repetitions per (fault, implementation)
+#   IDLE_SECS=30           idle CPU/RSS window per implementation (0 = skip)
+#   IMPLS="uphold keepalived-1s keepalived-fast"
+#   FAULTS="link-down service-kill daemon-kill partition pause sigterm"
+#   OUT=DIR                where results go (default target/bench-failover/<time>)
+#   KEEP_LOGS=1            keep every lab directory (configs, daemon logs, traces)
+set -euo pipefail
+
+REPS=${REPS:-5}
+IDLE_SECS=${IDLE_SECS:-30}
+IMPLS=${IMPLS:-"uphold keepalived-1s keepalived-fast"}
+FAULTS=${FAULTS:-"link-down service-kill daemon-kill partition pause sigterm"}
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+target=${CARGO_TARGET_DIR:-$root/target}
+bin=$target/release
+out=${OUT:-$target/bench-failover/$(date +%Y%m%d-%H%M%S)}
+
+if [ "$(id -u)" != 0 ]; then
+    echo "run.sh: must run as root (it creates network namespaces)" >&2
+    exit 1
+fi
+
+missing=()
+command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || missing+=(keepalived)
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} from Debian" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+(cd "$root" && cargo build --release -p uphold-testkit)
+# Built separately so a broken uphold build still leaves the keepalived columns.
+case " $IMPLS " in
+*" uphold "*) (cd "$root" && cargo build --release -p uphold) || echo "run.sh: uphold failed to build" >&2 ;;
+esac
+
+lab=$bin/uphold-lab
+extra=()
+if [ "${KEEP_LOGS:-0}" = 1 ]; then extra+=(--keep-logs); fi
+impls=()
+for impl in $IMPLS; do
+    if [ "$impl" = uphold ] && [ ! -x "$bin/uphold" ]; then
+        echo "run.sh: $bin/uphold not built; skipping uphold" >&2
+        continue
+    fi
+    impls+=("$impl")
+done
+
+mkdir -p "$out"
+results=$out/results.jsonl
+idle=$out/idle.jsonl
+: >"$results"
+: >"$idle"
+echo "results in $out ($(keepalived --version 2>&1 | head -1))" >&2
+
+# Interleaved (rep, fault, impl) so slow drift of the machine hits every
+# implementation alike.
+for rep in $(seq 1 "$REPS"); do
+    for fault in $FAULTS; do
+        for impl in "${impls[@]}"; do
+            echo "[$rep/$REPS] $fault $impl" >&2
+            "$lab" failover --impl "$impl" --fault "$fault" --reps 1 --json \
+                --uphold-bin "$bin/uphold" "${extra[@]}" >>"$results" 2>>"$out/stderr.log" ||
+                echo "  failed; see $out/stderr.log" >&2
+        done
+    done
+done
+
+if [ "$IDLE_SECS" -gt 0 ]; then
+    for impl in "${impls[@]}"; do
+        echo "idle $impl (${IDLE_SECS} s)" >&2
+        "$lab" idle --impl "$impl" --seconds "$IDLE_SECS" --json \
+            --uphold-bin "$bin/uphold" >>"$idle" 2>>"$out/stderr.log" ||
+            echo "  failed; see $out/stderr.log" >&2
+    done
+fi
+
+"$lab" report "$results" "$idle" | tee "$out/table.md"

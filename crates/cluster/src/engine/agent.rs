@@ -1,0 +1,398 @@
+//! The per-node agent: renews this node's lease through the quorum and decides
+//! when to start and stop the groups the log assigns to it.
+//!
+//! Safety rule it keeps: a group runs here only while the log says this node owns
+//! it AND the node holds a lease, i.e. a renewal it sent at local time `t` has been
+//! committed and `now < t + lease - stop_margin`. The guard process outside the
+//! daemon holds the same deadline, so the addresses go even if this process stops.
+
+use crate::engine::state::{ApplyResult, ClusterState, Command, ReleaseReason, RenewalId};
+
+use crate::engine::topology::Topology;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use uphold_core::{GroupName, Millis, NodeId};
+
+/// How a group is being stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopKind {
+    /// The lease is (nearly) lost: take the addresses down first, then the rest.
+    Emergency,
+    /// A normal stop: resources in reverse order.
+    Orderly,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupPhase {
+    Starting,
+    Running,
+    Stopping {
+        kind: StopKind,
+        /// Propose this release once the group is down.
+        then_release: Option<ReleaseReason>,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct LocalGroup {
+    epoch: u64,
+    phase: GroupPhase,
+    /// The lease deadline last handed to the guard for this group.
+    guard_until: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentEvent {
+    Tick,
+    Applied(Arc<ClusterState>),
+    ProposalDone {
+        command: Command,
+        /// None: no answer (lost, timed out, no leader).
+        result: Option<ApplyResult>,
+    },
+    GroupStarted {
+        group: GroupName,
+        epoch: u64,
+        result: Result<(), String>,
+    },
+    GroupStopped {
+        group: GroupName,
+        epoch: u64,
+    },
+    MonitorFailed {
+        group: GroupName,
+        epoch: u64,
+        reason: String,
+    },
+    /// Stop everything, hand the groups back, then report idle.
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentAction {
+    Propose(Command),
+    StartGroup {
+        group: GroupName,
+        epoch: u64,
+    },
+    StopGroup {
+        group: GroupName,
+        epoch: u64,
+        kind: StopKind,
+    },
+    /// Tell the guard: undo this group at `until` unless told otherwise.
+    GuardHold {
+        group: GroupName,
+        until: Millis,
+    },
+    GuardRelease {
+        group: GroupName,
+    },
+}
+
+#[derive(Debug)]
+pub struct Agent {
+    me: NodeId,
+    incarnation: u64,
+    next_seq: u64,
+    /// Renewals sent and not yet answered, by sequence number, with their send time.
+    pending_renewals: BTreeMap<u64, Millis>,
+    last_renewal_sent: Option<Millis>,
+    lease_until: Millis,
+    groups: BTreeMap<GroupName, LocalGroup>,
+    /// Releases proposed and not yet answered: group -> epoch.
+    releasing: BTreeMap<GroupName, (u64, Millis)>,
+    state: Arc<ClusterState>,
+    shutting_down: bool,
+}
+
+impl Agent {
+    /// `incarnation` must differ between two runs of the daemon on the same node
+    /// (a random number), so renewals of a previous run never count as leases.
+    pub fn new(me: NodeId, incarnation: u64) -> Agent {
+        Agent {
+            me,
+            incarnation,
+            next_seq: 1,
+            pending_renewals: BTreeMap::new(),
+            last_renewal_sent: None,
+            lease_until: 0,
+            groups: BTreeMap::new(),
+            releasing: BTreeMap::new(),
+            state: Arc::new(ClusterState::default()),
+            shutting_down: false,
+        }
+    }
+
+    pub fn lease_until(&self) -> Millis {
+        self.lease_until
+    }
+
+    pub fn phase(&self, group: &GroupName) -> Option<&GroupPhase> {
+        self.groups.get(group).map(|g| &g.phase)
+    }
+
+    /// Groups started or running here (not stopping).
+    pub fn active_groups(&self) -> impl Iterator<Item = &GroupName> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| matches!(g.phase, GroupPhase::Starting | GroupPhase::Running))
+            .map(|(name, _)| name)
+    }
+
+    /// Shut down and nothing left to hand back.
+    pub fn is_done(&self) -> bool {
+        self.shutting_down && self.groups.is_empty() && self.releasing.is_empty() && {
+            // Also wait until the log no longer names us as owner of anything we could
+            // release; a group we never started is released below.
+            !self.state.groups.values().any(|g| g.owner == Some(self.me))
+        }
+    }
+
+    pub fn on_event(
+        &mut self,
+        event: AgentEvent,
+        now: Millis,
+        topo: &Topology,
+    ) -> Vec<AgentAction> {
+        let mut actions = Vec::new();
+        match event {
+            AgentEvent::Tick => {}
+            AgentEvent::Applied(state) => {
+                self.releasing
+                    .retain(|group, (epoch, _)| state.epoch_of(group) == *epoch);
+                self.note_applied_renewal(&state, topo);
+                self.state = state;
+            }
+            AgentEvent::ProposalDone { command, result } => {
+                if let Command::Release { group, epoch, .. } = command {
+                    if result.is_none() || matches!(result, Some(ApplyResult::Rejected(_))) {
+                        // Retried from `step` while the log still names us.
+                        if self.releasing.get(&group).map(|r| r.0) == Some(epoch) {
+                            self.releasing.remove(&group);
+                        }
+                    }
+                }
+                // Renewals count when this member *applies* them, not when the
+                // leader answers: only then does our copy of the state include every
+                // command logged before the renewal, so "the log gives us this group"
+                // is true at the renewal's position and not just in a stale view
+                // (a restarted daemon replays old entries that still name it owner).
+            }
+            AgentEvent::GroupStarted {
+                group,
+                epoch,
+                result,
+            } => {
+                if let Some(local) = self.groups.get_mut(&group) {
+                    if local.epoch == epoch && local.phase == GroupPhase::Starting {
+                        match result {
+                            Ok(()) => local.phase = GroupPhase::Running,
+                            Err(reason) => {
+                                local.phase = GroupPhase::Stopping {
+                                    kind: StopKind::Orderly,
+                                    then_release: Some(ReleaseReason::StartFailed(reason)),
+                                };
+                                actions.push(AgentAction::StopGroup {
+                                    group: group.clone(),
+                                    epoch,
+                                    kind: StopKind::Orderly,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            AgentEvent::MonitorFailed {
+                group,
+                epoch,
+                reason,
+            } => {
+                if let Some(local) = self.groups.get_mut(&group) {
+                    if local.epoch == epoch && local.phase == GroupPhase::Running {
+                        local.phase = GroupPhase::Stopping {
+                            kind: StopKind::Orderly,
+                            then_release: Some(ReleaseReason::MonitorFailed(reason)),
+                        };
+                        actions.push(AgentAction::StopGroup {
+                            group: group.clone(),
+                            epoch,
+                            kind: StopKind::Orderly,
+                        });
+                    }
+                }
+            }
+            AgentEvent::GroupStopped { group, epoch } => {
+                if let Some(local) = self.groups.get(&group) {
+                    if local.epoch == epoch {
+                        if let GroupPhase::Stopping { then_release, .. } = &local.phase {
+                            let then_release = then_release.clone();
+                            self.groups.remove(&group);
+                            actions.push(AgentAction::GuardRelease {
+                                group: group.clone(),
+                            });
+                            if let Some(reason) = then_release {
+                                self.propose_release(&group, epoch, reason, now, &mut actions);
+                            }
+                        }
+                    }
+                }
+            }
+            AgentEvent::Shutdown => self.shutting_down = true,
+        }
+        self.step(now, topo, &mut actions);
+        actions
+    }
+
+    fn note_applied_renewal(&mut self, state: &ClusterState, topo: &Topology) {
+        let Some(applied) = state.last_renewal.get(&self.me) else {
+            return;
+        };
+        if applied.incarnation != self.incarnation {
+            return;
+        }
+        if let Some(sent_at) = self.pending_renewals.get(&applied.seq) {
+            self.lease_until = self.lease_until.max(sent_at + topo.lease_ms);
+        }
+        // Older renewals were lost or are superseded by this one.
+        self.pending_renewals.retain(|seq, _| *seq > applied.seq);
+    }
+
+    fn propose_release(
+        &mut self,
+        group: &GroupName,
+        epoch: u64,
+        reason: ReleaseReason,
+        now: Millis,
+        actions: &mut Vec<AgentAction>,
+    ) {
+        let gs = self.state.group(group);
+        if gs.owner == Some(self.me) && gs.epoch == epoch && !self.releasing.contains_key(group) {
+            self.releasing.insert(group.clone(), (epoch, now));
+            actions.push(AgentAction::Propose(Command::Release {
+                group: group.clone(),
+                node: self.me,
+                epoch,
+                reason,
+            }));
+        }
+    }
+
+    fn lease_ok(&self, now: Millis, topo: &Topology) -> bool {
+        now.saturating_add(topo.stop_margin_ms) < self.lease_until
+    }
+
+    fn step(&mut self, now: Millis, topo: &Topology, actions: &mut Vec<AgentAction>) {
+        if !topo.nodes.contains(&self.me) {
+            // A witness votes but never renews or runs anything.
+            return;
+        }
+        self.renew(now, topo, actions);
+        let lease_ok = self.lease_ok(now, topo);
+
+        // Groups running here that must stop.
+        let local_names: Vec<GroupName> = self.groups.keys().cloned().collect();
+        for name in local_names {
+            let gs = self.state.group(&name);
+            let Some(local) = self.groups.get_mut(&name) else {
+                continue;
+            };
+            if !matches!(local.phase, GroupPhase::Starting | GroupPhase::Running) {
+                continue;
+            }
+            let ours = gs.owner == Some(self.me) && gs.epoch == local.epoch;
+            let stop = if !lease_ok || !ours {
+                Some((StopKind::Emergency, None))
+            } else if self.shutting_down || topo.group(&name).is_none() {
+                Some((StopKind::Orderly, Some(ReleaseReason::Shutdown)))
+            } else if gs.move_to.is_some_and(|to| to != self.me) {
+                Some((StopKind::Orderly, Some(ReleaseReason::Moved)))
+            } else {
+                None
+            };
+            if let Some((kind, then_release)) = stop {
+                local.phase = GroupPhase::Stopping { kind, then_release };
+                actions.push(AgentAction::StopGroup {
+                    group: name.clone(),
+                    epoch: local.epoch,
+                    kind,
+                });
+            } else if local.guard_until < self.lease_until {
+                local.guard_until = self.lease_until;
+                actions.push(AgentAction::GuardHold {
+                    group: name.clone(),
+                    until: self.lease_until,
+                });
+            }
+        }
+
+        // Groups the log gives us that are not running here.
+        let owned: Vec<(GroupName, u64)> = self
+            .state
+            .groups
+            .iter()
+            .filter(|(_, g)| g.owner == Some(self.me))
+            .map(|(name, g)| (name.clone(), g.epoch))
+            .collect();
+        for (name, epoch) in owned {
+            if self.groups.contains_key(&name) {
+                continue;
+            }
+            let configured = topo.group(&name).is_some();
+            let move_away = self
+                .state
+                .group(&name)
+                .move_to
+                .is_some_and(|to| to != self.me);
+            if self.shutting_down || !configured {
+                self.propose_release(&name, epoch, ReleaseReason::Shutdown, now, actions);
+            } else if move_away {
+                self.propose_release(&name, epoch, ReleaseReason::Moved, now, actions);
+            } else if lease_ok {
+                self.groups.insert(
+                    name.clone(),
+                    LocalGroup {
+                        epoch,
+                        phase: GroupPhase::Starting,
+                        guard_until: self.lease_until,
+                    },
+                );
+                // The guard learns the deadline before anything is started.
+                actions.push(AgentAction::GuardHold {
+                    group: name.clone(),
+                    until: self.lease_until,
+                });
+                actions.push(AgentAction::StartGroup { group: name, epoch });
+            }
+        }
+
+        // Releases that got no answer are retried after a while.
+        let retry_after = topo.proposal_timeout_ms;
+        self.releasing
+            .retain(|_, (_, sent)| now.saturating_sub(*sent) < retry_after);
+    }
+
+    fn renew(&mut self, now: Millis, topo: &Topology, actions: &mut Vec<AgentAction>) {
+        // A renewal older than a lease can no longer grant anything.
+        self.pending_renewals
+            .retain(|_, sent| now < sent.saturating_add(topo.lease_ms));
+        let due = match self.last_renewal_sent {
+            None => true,
+            Some(last) => now >= last.saturating_add(topo.renew_interval_ms),
+        };
+        if !due {
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending_renewals.insert(seq, now);
+        self.last_renewal_sent = Some(now);
+        actions.push(AgentAction::Propose(Command::Renew {
+            node: self.me,
+            renewal: RenewalId {
+                incarnation: self.incarnation,
+                seq,
+            },
+        }));
+    }
+}

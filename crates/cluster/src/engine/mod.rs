@@ -1,0 +1,22 @@
+//! The pure failover logic: replicated state, the leader's placement decisions and
+//! each node's agent. Events and the current time go in, actions come out; the
+//! executor in `crate::runtime` performs them. Nothing here does I/O or reads a clock.
+
+pub mod agent;
+pub mod liveness;
+pub mod node;
+pub mod placement;
+pub mod state;
+pub mod topology;
+
+pub use agent::{Agent, AgentAction, AgentEvent, GroupPhase, StopKind};
+pub use liveness::Liveness;
+pub use node::{Action, Event, NodeEngine};
+pub use placement::{Placement, PlacementAction};
+pub use state::{
+    ApplyResult, ClusterState, Command, GroupState, ReleaseReason, RenewalId, Transition,
+};
+pub use topology::{GroupSpec, Topology};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,219 @@
+//! One member's whole decision logic: its agent, its view of everyone's liveness,
+//! and the placement it runs while it leads. The executor and the simulation both
+//! drive exactly this type.
+
+use crate::engine::agent::{Agent, AgentAction, AgentEvent};
+use crate::engine::liveness::Liveness;
+use crate::engine::placement::{Placement, PlacementAction};
+use crate::engine::state::{ApplyResult, ClusterState, Command};
+use crate::engine::topology::Topology;
+use std::sync::Arc;
+use uphold_core::{GroupName, Millis, NodeId};
+
+pub use crate::engine::agent::StopKind;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Tick,
+    /// A command reached this member's log (leader or follower), durably.
+    Appended(Command),
+    /// The state machine applied more entries.
+    Applied(Arc<ClusterState>),
+    /// This member became or stopped being the leader.
+    Leadership(bool),
+    ProposalDone {
+        token: u64,
+        /// None: no answer (lost, timed out, no leader).
+        result: Option<ApplyResult>,
+    },
+    GroupStarted {
+        group: GroupName,
+        epoch: u64,
+        result: Result<(), String>,
+    },
+    GroupStopped {
+        group: GroupName,
+        epoch: u64,
+    },
+    MonitorFailed {
+        group: GroupName,
+        epoch: u64,
+        reason: String,
+    },
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Commit `command` through the quorum; answer with `Event::ProposalDone { token }`.
+    Propose {
+        token: u64,
+        command: Command,
+    },
+    /// Start the group's resources in order; answer with `Event::GroupStarted`.
+    StartGroup {
+        group: GroupName,
+        epoch: u64,
+    },
+    /// Stop the group's resources; answer with `Event::GroupStopped`.
+    StopGroup {
+        group: GroupName,
+        epoch: u64,
+        kind: StopKind,
+    },
+    GuardHold {
+        group: GroupName,
+        until: Millis,
+    },
+    GuardRelease {
+        group: GroupName,
+    },
+}
+
+#[derive(Debug)]
+enum Origin {
+    Agent,
+    Placement,
+}
+
+#[derive(Debug)]
+pub struct NodeEngine {
+    pub me: NodeId,
+    topo: Topology,
+    agent: Agent,
+    liveness: Liveness,
+    placement: Placement,
+    is_leader: bool,
+    state: Arc<ClusterState>,
+    next_token: u64,
+    proposals: std::collections::BTreeMap<u64, (Origin, Command)>,
+}
+
+impl NodeEngine {
+    pub fn new(me: NodeId, incarnation: u64, topo: Topology, now: Millis) -> NodeEngine {
+        let liveness = Liveness::new(&topo.nodes, now);
+        NodeEngine {
+            me,
+            agent: Agent::new(me, incarnation),
+            liveness,
+            placement: Placement::new(),
+            is_leader: false,
+            state: Arc::new(ClusterState::default()),
+            next_token: 1,
+            proposals: Default::default(),
+            topo,
+        }
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+    pub fn is_leader(&self) -> bool {
+        self.is_leader
+    }
+    pub fn state(&self) -> &Arc<ClusterState> {
+        &self.state
+    }
+    pub fn is_done(&self) -> bool {
+        self.agent.is_done()
+    }
+
+    pub fn on_event(&mut self, event: Event, now: Millis) -> Vec<Action> {
+        let mut out = Vec::new();
+        let agent_event = match event {
+            Event::Tick => Some(AgentEvent::Tick),
+            Event::Appended(command) => {
+                if let Command::Renew { node, renewal } = command {
+                    self.liveness
+                        .renewal_appended(node, renewal, now, self.topo.lease_ms);
+                }
+                None
+            }
+            Event::Applied(state) => {
+                self.state = state.clone();
+                Some(AgentEvent::Applied(state))
+            }
+            Event::Leadership(leading) => {
+                if leading != self.is_leader {
+                    self.placement.reset();
+                }
+                self.is_leader = leading;
+                None
+            }
+            Event::ProposalDone { token, result } => match self.proposals.remove(&token) {
+                Some((Origin::Agent, command)) => {
+                    Some(AgentEvent::ProposalDone { command, result })
+                }
+                Some((Origin::Placement, command)) => {
+                    self.placement.on_result(
+                        &command,
+                        result.as_ref(),
+                        &self.state,
+                        &mut self.liveness,
+                        now,
+                    );
+                    None
+                }
+                None => None,
+            },
+            Event::GroupStarted {
+                group,
+                epoch,
+                result,
+            } => Some(AgentEvent::GroupStarted {
+                group,
+                epoch,
+                result,
+            }),
+            Event::GroupStopped { group, epoch } => Some(AgentEvent::GroupStopped { group, epoch }),
+            Event::MonitorFailed {
+                group,
+                epoch,
+                reason,
+            } => Some(AgentEvent::MonitorFailed {
+                group,
+                epoch,
+                reason,
+            }),
+            Event::Shutdown => Some(AgentEvent::Shutdown),
+        };
+        let agent_event = agent_event.unwrap_or(AgentEvent::Tick);
+        for action in self.agent.on_event(agent_event, now, &self.topo) {
+            match action {
+                AgentAction::Propose(command) => self.propose(Origin::Agent, command, &mut out),
+                AgentAction::StartGroup { group, epoch } => {
+                    out.push(Action::StartGroup { group, epoch })
+                }
+                AgentAction::StopGroup { group, epoch, kind } => {
+                    out.push(Action::StopGroup { group, epoch, kind })
+                }
+                AgentAction::GuardHold { group, until } => {
+                    out.push(Action::GuardHold { group, until })
+                }
+                AgentAction::GuardRelease { group } => out.push(Action::GuardRelease { group }),
+            }
+        }
+        if self.is_leader {
+            let decided = self
+                .placement
+                .decide(&self.topo, &self.state, &self.liveness, now);
+            for PlacementAction::Propose(command) in decided {
+                self.propose(Origin::Placement, command, &mut out);
+            }
+        }
+        out
+    }
+
+    fn propose(&mut self, origin: Origin, command: Command, out: &mut Vec<Action>) {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.proposals.insert(token, (origin, command.clone()));
+        out.push(Action::Propose { token, command });
+    }
+}

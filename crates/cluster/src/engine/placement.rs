@@ -1,0 +1,194 @@
+//! The leader's placement decisions: where each group should run, when a silent
+//! owner's lease has certainly expired, and when to fail back.
+//!
+//! Only the Raft leader runs this, but a deposed leader that still thinks it leads
+//! is harmless: every command it proposes is conditional (epochs, the owner's last
+//! renewal) and the log decides.
+
+use crate::engine::liveness::Liveness;
+use crate::engine::state::{ApplyResult, ClusterState, Command, GroupState};
+use crate::engine::topology::{GroupSpec, Topology};
+use std::collections::BTreeMap;
+use uphold_core::{GroupName, Millis, NodeId};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PlacementAction {
+    Propose(Command),
+}
+
+#[derive(Debug, Default)]
+pub struct Placement {
+    /// One proposal per group at a time: group -> (epoch it targets, sent at).
+    inflight: BTreeMap<GroupName, (u64, Millis)>,
+    last_failure_clear: BTreeMap<GroupName, Millis>,
+}
+
+impl Placement {
+    pub fn new() -> Placement {
+        Placement::default()
+    }
+
+    /// A leadership change invalidates everything in flight.
+    pub fn reset(&mut self) {
+        self.inflight.clear();
+    }
+
+    pub fn on_result(
+        &mut self,
+        command: &Command,
+        result: Option<&ApplyResult>,
+        state: &ClusterState,
+        liveness: &mut Liveness,
+        now: Millis,
+    ) {
+        let group = match command {
+            Command::Assign { group, .. }
+            | Command::RequestMove { group, .. }
+            | Command::ClearFailures { group, .. } => group,
+            _ => return,
+        };
+        self.inflight.remove(group);
+        if let (
+            Command::Assign {
+                owner_last_renewal, ..
+            },
+            Some(ApplyResult::Rejected(_)),
+        ) = (command, result)
+        {
+            // We named a renewal that is not the owner's latest in the log (it was
+            // truncated, or predates our restart). Take the log's and wait a full
+            // lease again from now.
+            if let Some(owner) = state.groups.get(group).and_then(|g| g.owner) {
+                let named_still_latest =
+                    liveness.get(owner).and_then(|s| s.renewal) == *owner_last_renewal;
+                let committed = state.last_renewal.get(&owner).copied();
+                if named_still_latest && committed != *owner_last_renewal {
+                    liveness.correct(owner, committed, now);
+                }
+            }
+        }
+    }
+
+    pub fn decide(
+        &mut self,
+        topo: &Topology,
+        state: &ClusterState,
+        liveness: &Liveness,
+        now: Millis,
+    ) -> Vec<PlacementAction> {
+        let timeout = topo.proposal_timeout_ms;
+        self.inflight
+            .retain(|_, (_, sent)| now.saturating_sub(*sent) < timeout);
+        let mut actions = Vec::new();
+        for spec in &topo.groups {
+            if self.inflight.contains_key(&spec.name) {
+                continue;
+            }
+            let gs = state.group(&spec.name);
+            if let Some(command) = self.decide_group(topo, spec, &gs, state, liveness, now) {
+                self.inflight.insert(spec.name.clone(), (gs.epoch, now));
+                actions.push(PlacementAction::Propose(command));
+            }
+        }
+        actions
+    }
+
+    fn decide_group(
+        &mut self,
+        topo: &Topology,
+        spec: &GroupSpec,
+        gs: &GroupState,
+        _state: &ClusterState,
+        liveness: &Liveness,
+        now: Millis,
+    ) -> Option<Command> {
+        let eligible = |node: NodeId| {
+            topo.nodes.contains(&node)
+                && liveness.is_live(node, now, topo.lease_ms)
+                && !gs.failed_on.contains(&node)
+        };
+        let first_eligible = |except: Option<NodeId>| {
+            spec.nodes
+                .iter()
+                .copied()
+                .find(|n| Some(*n) != except && eligible(*n))
+        };
+        match gs.owner {
+            Some(owner) => {
+                if liveness.lease_expired(owner, now, topo.lease_expiry_wait_ms) {
+                    let target = first_eligible(Some(owner));
+                    // Right after an election nobody's renewals have reached the new
+                    // leader's log for a while, so nobody looks live. Give them one
+                    // more lease before recording that the group runs nowhere.
+                    if target.is_none()
+                        && !liveness.lease_expired(owner, now, 2 * topo.lease_expiry_wait_ms)
+                    {
+                        return None;
+                    }
+                    return Some(Command::Assign {
+                        group: spec.name.clone(),
+                        node: target,
+                        epoch: gs.epoch,
+                        owner_last_renewal: liveness.get(owner).and_then(|s| s.renewal),
+                    });
+                }
+                if gs.move_to.is_some() {
+                    return None;
+                }
+                let rank = |n: NodeId| spec.nodes.iter().position(|x| *x == n);
+                if rank(owner).is_none() {
+                    // The config no longer lists the owner for this group.
+                    let to = first_eligible(Some(owner))?;
+                    return Some(Command::RequestMove {
+                        group: spec.name.clone(),
+                        to,
+                        epoch: gs.epoch,
+                    });
+                }
+                if spec.failback {
+                    let better = spec.nodes.iter().copied().find(|n| {
+                        eligible(*n)
+                            && liveness.is_stable(*n, now, topo.lease_ms, topo.failback_stable_ms)
+                    })?;
+                    if rank(better) < rank(owner) {
+                        return Some(Command::RequestMove {
+                            group: spec.name.clone(),
+                            to: better,
+                            epoch: gs.epoch,
+                        });
+                    }
+                }
+                None
+            }
+            None => {
+                let target = gs
+                    .move_to
+                    .filter(|n| spec.nodes.contains(n) && eligible(*n))
+                    .or_else(|| first_eligible(None));
+                if let Some(node) = target {
+                    return Some(Command::Assign {
+                        group: spec.name.clone(),
+                        node: Some(node),
+                        epoch: gs.epoch,
+                        owner_last_renewal: None,
+                    });
+                }
+                // Every live candidate has failed here: after a pause, try again.
+                let live_failed = spec
+                    .nodes
+                    .iter()
+                    .any(|n| gs.failed_on.contains(n) && liveness.is_live(*n, now, topo.lease_ms));
+                let last = self.last_failure_clear.get(&spec.name).copied();
+                let waited = last.is_none_or(|t| now.saturating_sub(t) >= topo.failure_retry_ms);
+                if live_failed && waited {
+                    self.last_failure_clear.insert(spec.name.clone(), now);
+                    return Some(Command::ClearFailures {
+                        group: spec.name.clone(),
+                        epoch: gs.epoch,
+                    });
+                }
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The replicated cluster state and the commands that change it. Every member
+//! applies the same committed commands in the same order, so `apply` must be
+//! deterministic: no clocks, no randomness, no I/O.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use uphold_core::{GroupName, NodeId};
+
+/// Identifies one renewal: the process incarnation that sent it and its sequence
+/// number within that incarnation. Only the sending process can turn it into a
+/// lease (it alone knows when it sent it); everyone else uses it as a liveness
+/// token and as the guard on reassignment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RenewalId {
+    pub incarnation: u64,
+    pub seq: u64,
+}
+
+/// Why an owner gave a group up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseReason {
+    /// The owner is shutting down cleanly.
+    Shutdown,
+    /// The leader asked the group to move (failback or an admin move).
+    Moved,
+    /// A resource's monitor failed on the owner.
+    MonitorFailed(String),
+    /// A resource failed to start on the owner.
+    StartFailed(String),
+}
+
+impl std::fmt::Display for ReleaseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReleaseReason::Shutdown => f.write_str("owner shut down"),
+            ReleaseReason::Moved => f.write_str("released for a move"),
+            ReleaseReason::MonitorFailed(why) => write!(f, "monitor failed: {why}"),
+            ReleaseReason::StartFailed(why) => write!(f, "start failed: {why}"),
+        }
+    }
+}
+
+impl ReleaseReason {
+    /// Failures keep the group off this node until the failures are cleared.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            ReleaseReason::MonitorFailed(_) | ReleaseReason::StartFailed(_)
+        )
+    }
+}
+
+/// A log entry's payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A node proves it is alive and in contact with the quorum. Committing it
+    /// extends the node's lease on the groups it owns at this point of the log.
+    Renew { node: NodeId, renewal: RenewalId },
+    /// The leader places `group` on `node` (or on nobody). Accepted only if the
+    /// group is still at `epoch` and, when it takes the group from a live-looking
+    /// owner, only if that owner has not renewed since `owner_last_renewal`, the
+    /// renewal whose lease the leader waited out.
+    Assign {
+        group: GroupName,
+        node: Option<NodeId>,
+        epoch: u64,
+        owner_last_renewal: Option<RenewalId>,
+    },
+    /// The owner has stopped the group (all resources down) and gives it up.
+    Release {
+        group: GroupName,
+        node: NodeId,
+        epoch: u64,
+        reason: ReleaseReason,
+    },
+    /// Ask the owner to stop the group so it can be placed on `to`.
+    RequestMove {
+        group: GroupName,
+        to: NodeId,
+        epoch: u64,
+    },
+    /// Forget the failure marks of a group so every node is eligible again.
+    ClearFailures { group: GroupName, epoch: u64 },
+}
+
+/// Outcome of applying one command; returned to the proposer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyResult {
+    Applied,
+    Rejected(String),
+}
+
+/// What the log says about one group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    pub owner: Option<NodeId>,
+    /// Incremented on every change of owner; commands name the epoch they expect.
+    pub epoch: u64,
+    /// Nodes where the group failed; not chosen again until cleared.
+    pub failed_on: BTreeSet<NodeId>,
+    /// A pending move requested by the leader.
+    pub move_to: Option<NodeId>,
+    /// The last change of owner.
+    pub last_transition: Option<Transition>,
+}
+
+/// One change of owner, kept for `uphold status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub from: Option<NodeId>,
+    pub to: Option<NodeId>,
+    /// The epoch the group entered.
+    pub epoch: u64,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub groups: BTreeMap<GroupName, GroupState>,
+    pub last_renewal: BTreeMap<NodeId, RenewalId>,
+}
+
+impl ClusterState {
+    /// The state of `group`, or the initial state (unowned, epoch 0) if the log has
+    /// never mentioned it.
+    pub fn group(&self, group: &GroupName) -> GroupState {
+        self.groups.get(group).cloned().unwrap_or_default()
+    }
+
+    pub fn owner_of(&self, group: &GroupName) -> Option<NodeId> {
+        self.groups.get(group).and_then(|g| g.owner)
+    }
+
+    pub fn epoch_of(&self, group: &GroupName) -> u64 {
+        self.groups.get(group).map_or(0, |g| g.epoch)
+    }
+
+    pub fn apply(&mut self, command: &Command) -> ApplyResult {
+        match command {
+            Command::Renew { node, renewal } => {
+                self.last_renewal.insert(*node, *renewal);
+                ApplyResult::Applied
+            }
+            Command::Assign {
+                group,
+                node,
+                epoch,
+                owner_last_renewal,
+            } => {
+                let state = self.groups.entry(group.clone()).or_default();
+                if state.epoch != *epoch {
+                    return stale(group, state.epoch, *epoch);
+                }
+                if let Some(owner) = state.owner {
+                    if Some(owner) == *node {
+                        return ApplyResult::Rejected(format!(
+                            "group {group} is already on node {owner}"
+                        ));
+                    }
+                    let latest = self.last_renewal.get(&owner).copied();
+                    if latest != *owner_last_renewal {
+                        return ApplyResult::Rejected(format!(
+                            "owner {owner} of group {group} renewed since the leader judged it gone"
+                        ));
+                    }
+                }
+                let reason = if state.owner.is_some() {
+                    "owner's lease expired"
+                } else if state.move_to.is_some() {
+                    "moved"
+                } else {
+                    "placed"
+                };
+                state.last_transition = Some(Transition {
+                    from: state.owner,
+                    to: *node,
+                    epoch: state.epoch + 1,
+                    reason: reason.to_string(),
+                });
+                state.owner = *node;
+                state.epoch += 1;
+                state.move_to = None;
+                ApplyResult::Applied
+            }
+            Command::Release {
+                group,
+                node,
+                epoch,
+                reason,
+            } => {
+                let state = self.groups.entry(group.clone()).or_default();
+                if state.epoch != *epoch {
+                    return stale(group, state.epoch, *epoch);
+                }
+                if state.owner != Some(*node) {
+                    return ApplyResult::Rejected(format!(
+                        "node {node} does not own group {group}"
+                    ));
+                }
+                if reason.is_failure() {
+                    state.failed_on.insert(*node);
+                }
+                state.last_transition = Some(Transition {
+                    from: Some(*node),
+                    to: None,
+                    epoch: state.epoch + 1,
+                    reason: reason.to_string(),
+                });
+                state.owner = None;
+                state.epoch += 1;
+                ApplyResult::Applied
+            }
+            Command::RequestMove { group, to, epoch } => {
+                let state = self.groups.entry(group.clone()).or_default();
+                if state.epoch != *epoch {
+                    return stale(group, state.epoch, *epoch);
+                }
+                state.move_to = Some(*to);
+                ApplyResult::Applied
+            }
+            Command::ClearFailures { group, epoch } => {
+                let state = self.groups.entry(group.clone()).or_default();
+                if state.epoch != *epoch {
+                    return stale(group, state.epoch, *epoch);
+                }
+                state.failed_on.clear();
+                ApplyResult::Applied
+            }
+        }
+    }
+}
+
+fn stale(group: &GroupName, current: u64, expected: u64) -> ApplyResult {
+    ApplyResult::Rejected(format!(
+        "group {group} is at epoch {current}, command expected {expected}"
+    ))
+}

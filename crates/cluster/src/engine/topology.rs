@@ -1,0 +1,65 @@
+//! The slice of configuration the engines need: who may run what, and the timing
+//! that makes leases safe. Built from the validated config by the executor, or
+//! directly by tests and the simulation.
+
+use uphold_core::{GroupName, Millis, NodeId};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupSpec {
+    pub name: GroupName,
+    /// Preference order; only nodes that can run groups.
+    pub nodes: Vec<NodeId>,
+    pub failback: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Topology {
+    /// Members that run groups (witnesses excluded).
+    pub nodes: Vec<NodeId>,
+    pub groups: Vec<GroupSpec>,
+    /// How long a committed renewal lets its sender run its groups, on the sender's clock.
+    pub lease_ms: Millis,
+    pub renew_interval_ms: Millis,
+    /// The leader waits this long (on its own clock) after the last renewal it saw
+    /// before it treats a node's leases as expired: lease * (1 + max clock drift).
+    pub lease_expiry_wait_ms: Millis,
+    /// An owner starts stopping its groups this long before its lease ends, so the
+    /// addresses are gone before anyone else may take them.
+    pub stop_margin_ms: Millis,
+    /// How long a proposal may stay unanswered before it is considered lost.
+    pub proposal_timeout_ms: Millis,
+    /// A returning node must have renewed continuously this long before a group
+    /// fails back to it.
+    pub failback_stable_ms: Millis,
+    /// Minimum time between two clearings of a group's failure marks.
+    pub failure_retry_ms: Millis,
+}
+
+impl Topology {
+    pub fn group(&self, name: &GroupName) -> Option<&GroupSpec> {
+        self.groups.iter().find(|g| &g.name == name)
+    }
+
+    /// Defaults derived from lease and renew interval, used by the executor and
+    /// the simulation alike so both exercise the same relations.
+    pub fn with_timing(
+        nodes: Vec<NodeId>,
+        groups: Vec<GroupSpec>,
+        lease_ms: Millis,
+        renew_interval_ms: Millis,
+        max_clock_drift: f64,
+    ) -> Topology {
+        let lease_expiry_wait_ms = (lease_ms as f64 * (1.0 + max_clock_drift)).ceil() as Millis;
+        Topology {
+            nodes,
+            groups,
+            lease_ms,
+            renew_interval_ms,
+            lease_expiry_wait_ms,
+            stop_margin_ms: (lease_ms / 4).max(renew_interval_ms / 2),
+            proposal_timeout_ms: lease_ms.max(1000),
+            failback_stable_ms: (lease_ms * 4).max(2000),
+            failure_retry_ms: 10_000,
+        }
+    }
+}

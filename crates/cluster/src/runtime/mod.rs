@@ -1,0 +1,466 @@
+//! The executor: runs Raft, feeds the node engine with events and the real clock,
+//! and carries out its actions (proposals, resource starts and stops, monitors,
+//! the guard's deadlines). All decisions stay in `crate::engine`.
+
+pub mod metrics;
+pub mod resources;
+pub mod status;
+
+use crate::engine::topology::GroupSpec;
+use crate::engine::{Action, Event, NodeEngine, StopKind, Topology};
+use crate::raft::{RaftNode, RaftOptions};
+use resources::ResourceRunner;
+use status::{ClusterStatus, GroupStatus, MemberStatus};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+use uphold_config::{ClusterConfig, MemberRole};
+use uphold_core::{Clock, GroupName, Millis, NodeName, ResourceSpec};
+use uphold_os::clock::MonotonicClock;
+use uphold_os::guard::GuardClient;
+use uphold_proto::rpc::RpcClient;
+
+/// How often the engine is woken when nothing else happens. Bounds how late a
+/// lease deadline or a renewal can be noticed.
+const TICK: Duration = Duration::from_millis(25);
+/// How long a clean shutdown may take to hand groups over before exiting anyway.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
+
+pub struct RuntimeOptions {
+    pub config: ClusterConfig,
+    pub me: NodeName,
+    pub rpc: Arc<RpcClient>,
+    /// Our TLS identity and the members we accept connections from.
+    pub endpoint: Arc<uphold_proto::rpc::Endpoint>,
+    /// The guard process that undoes our groups if this daemon dies or stalls.
+    pub guard: Option<GuardClient>,
+    pub netlink: Arc<uphold_os::vip::Netlink>,
+    /// Random per process start; renewals of earlier runs never count as leases.
+    pub incarnation: u64,
+}
+
+/// Shared, cheaply readable picture for `uphold status` and metrics.
+pub type StatusCell = Arc<RwLock<Option<ClusterStatus>>>;
+
+pub fn topology_from(config: &ClusterConfig) -> Topology {
+    let nodes = config
+        .members
+        .iter()
+        .filter(|m| m.role == MemberRole::Node)
+        .map(|m| m.id)
+        .collect();
+    let groups = config
+        .groups
+        .iter()
+        .map(|g| GroupSpec {
+            name: g.name.clone(),
+            nodes: g.nodes.iter().map(|n| n.id()).collect(),
+            failback: g.failback,
+        })
+        .collect();
+    Topology::with_timing(
+        nodes,
+        groups,
+        config.timing.lease.as_millis() as Millis,
+        config.timing.renew_interval.as_millis() as Millis,
+        config.timing.max_clock_drift,
+    )
+}
+
+enum Done {
+    Proposal {
+        token: u64,
+        result: Option<crate::engine::ApplyResult>,
+    },
+    Started {
+        group: GroupName,
+        epoch: u64,
+        result: Result<(), String>,
+    },
+    Stopped {
+        group: GroupName,
+        epoch: u64,
+    },
+    MonitorFailed {
+        group: GroupName,
+        epoch: u64,
+        reason: String,
+    },
+}
+
+struct Executor {
+    config: ClusterConfig,
+    raft: Arc<RaftNode>,
+    runner: ResourceRunner,
+    guard: Option<GuardClient>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    /// Per group: the running start task (aborted by an emergency stop) and monitors.
+    starts: BTreeMap<GroupName, JoinHandle<()>>,
+    monitors: BTreeMap<GroupName, Vec<JoinHandle<()>>>,
+    proposal_timeout: Duration,
+}
+
+/// Runs the cluster role until `shutdown` turns true and the groups are handed
+/// over (or the shutdown deadline passes).
+pub async fn run(
+    opts: RuntimeOptions,
+    status_cell: StatusCell,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let clock = MonotonicClock::new();
+    let config = opts.config.clone();
+    let me = config
+        .member(opts.me.as_str())
+        .ok_or_else(|| anyhow::anyhow!("{} is not a member of cluster {}", opts.me, config.name))?
+        .clone();
+    let topo = topology_from(&config);
+
+    let (append_tx, mut append_rx) = mpsc::unbounded_channel();
+    let on_append: Arc<dyn Fn(&crate::engine::Command) + Send + Sync> = Arc::new(move |cmd| {
+        if matches!(cmd, crate::engine::Command::Renew { .. }) {
+            let _ = append_tx.send(cmd.clone());
+        }
+    });
+    let raft = Arc::new(
+        RaftNode::start(RaftOptions {
+            cluster: config.clone(),
+            me: opts.me.clone(),
+            state_dir: config.state_dir_for(&opts.me),
+            rpc: opts.rpc.clone(),
+            on_append,
+        })
+        .await?,
+    );
+    let mut applied = raft.applied();
+
+    let listener = tokio::net::TcpListener::bind(me.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for members on {}: {e}", me.listen))?;
+    let mut server_shutdown = shutdown.clone();
+    let server = tokio::spawn(uphold_proto::rpc::serve(
+        listener,
+        opts.endpoint.clone(),
+        raft.rpc_handler(),
+        async move {
+            // Keep serving peers while our groups are handed over; stop at exit.
+            let _ = server_shutdown.wait_for(|_| false).await;
+        },
+    ));
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut exec = Executor {
+        config: config.clone(),
+        raft: raft.clone(),
+        runner: ResourceRunner::new(opts.netlink.clone(), &opts.me),
+        guard: opts.guard,
+        done_tx,
+        starts: BTreeMap::new(),
+        monitors: BTreeMap::new(),
+        proposal_timeout: Duration::from_millis(topo.proposal_timeout_ms),
+    };
+    let mut engine = NodeEngine::new(me.id, opts.incarnation, topo, clock.now_ms());
+    info!(node = %me.name, role = ?me.role, "cluster member starting");
+
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut was_leader = false;
+    let mut shutdown_at: Option<tokio::time::Instant> = None;
+    let mut last_status = tokio::time::Instant::now() - Duration::from_secs(1);
+    let mut live_members: BTreeMap<String, bool> = BTreeMap::new();
+    loop {
+        let event = tokio::select! {
+            _ = ticker.tick() => Event::Tick,
+            Some(cmd) = append_rx.recv() => Event::Appended(cmd),
+            Ok(()) = applied.changed() => {
+                let snapshot = applied.borrow_and_update().clone();
+                Event::Applied(Arc::new(snapshot.state.clone()))
+            }
+            Some(done) = done_rx.recv() => match done {
+                Done::Proposal { token, result } => Event::ProposalDone { token, result },
+                Done::Started { group, epoch, result } => Event::GroupStarted { group, epoch, result },
+                Done::Stopped { group, epoch } => Event::GroupStopped { group, epoch },
+                Done::MonitorFailed { group, epoch, reason } => {
+                    warn!(%group, "monitor failed: {reason}");
+                    Event::MonitorFailed { group, epoch, reason }
+                }
+            },
+            Ok(()) = shutdown.changed(), if shutdown_at.is_none() => {
+                info!("shutting down: stopping groups and handing them over");
+                shutdown_at = Some(tokio::time::Instant::now() + SHUTDOWN_DEADLINE);
+                Event::Shutdown
+            }
+        };
+        let now = clock.now_ms();
+        let leading = raft.status().is_leader;
+        if leading != was_leader {
+            was_leader = leading;
+            info!(leader = leading, "leadership changed");
+            for action in engine.on_event(Event::Leadership(leading), now) {
+                exec.perform(action, &config);
+            }
+        }
+        for action in engine.on_event(event, now) {
+            exec.perform(action, &config);
+        }
+        if last_status.elapsed() >= Duration::from_millis(100) {
+            last_status = tokio::time::Instant::now();
+            let status = build_status(&config, &me.name, &engine, &raft, now);
+            log_liveness_changes(&mut live_members, &status);
+            if let Ok(mut cell) = status_cell.write() {
+                *cell = Some(status);
+            }
+        }
+        if let Some(deadline) = shutdown_at {
+            if engine.is_done() {
+                info!("all groups handed over");
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!("shutdown deadline passed; stopping with groups not handed over");
+                break;
+            }
+        }
+    }
+    exec.stop_everything().await;
+    server.abort();
+    if let Some(guard) = exec.guard.take() {
+        if let Err(e) = guard.shutdown() {
+            warn!("guard did not stop cleanly: {e}");
+        }
+    }
+    match Arc::try_unwrap(raft) {
+        Ok(raft) => raft.shutdown().await,
+        Err(_) => warn!("raft still referenced at shutdown"),
+    }
+    Ok(())
+}
+
+impl Executor {
+    fn resources(&self, group: &GroupName) -> Vec<ResourceSpec> {
+        self.config
+            .group(group.as_str())
+            .map(|g| g.resources.clone())
+            .unwrap_or_default()
+    }
+
+    fn perform(&mut self, action: Action, _config: &ClusterConfig) {
+        match action {
+            Action::Propose { token, command } => {
+                let raft = self.raft.clone();
+                let tx = self.done_tx.clone();
+                let timeout = self.proposal_timeout;
+                tokio::spawn(async move {
+                    let result = match raft.propose(command, timeout).await {
+                        Ok(result) => Some(result),
+                        Err(e) => {
+                            tracing::debug!("proposal not committed: {e}");
+                            None
+                        }
+                    };
+                    let _ = tx.send(Done::Proposal { token, result });
+                });
+            }
+            Action::GuardHold { group, until } => {
+                let resources = self.resources(&group);
+                let env = self.runner.env(group.as_str());
+                if let Some(guard) = self.guard.as_mut() {
+                    if let Err(e) = guard.hold(group.as_str(), until, &resources, &env) {
+                        error!(%group, "guard unreachable: {e}");
+                    }
+                }
+            }
+            Action::GuardRelease { group } => {
+                if let Some(guard) = self.guard.as_mut() {
+                    if let Err(e) = guard.release(group.as_str()) {
+                        error!(%group, "guard unreachable: {e}");
+                    }
+                }
+            }
+            Action::StartGroup { group, epoch } => {
+                info!(%group, epoch, "starting group");
+                let resources = self.resources(&group);
+                let runner = self.runner.clone();
+                let tx = self.done_tx.clone();
+                let name = group.clone();
+                let handle = tokio::spawn(async move {
+                    let result = runner.start_all(name.as_str(), &resources).await;
+                    let _ = tx.send(Done::Started {
+                        group: name,
+                        epoch,
+                        result,
+                    });
+                });
+                self.starts.insert(group.clone(), handle);
+                self.spawn_monitors(&group, epoch);
+            }
+            Action::StopGroup { group, epoch, kind } => {
+                match kind {
+                    StopKind::Emergency => warn!(%group, epoch, "lease ending: stopping group now"),
+                    StopKind::Orderly => info!(%group, epoch, "stopping group"),
+                }
+                for monitor in self.monitors.remove(&group).unwrap_or_default() {
+                    monitor.abort();
+                }
+                let start = self.starts.remove(&group);
+                let resources = self.resources(&group);
+                let runner = self.runner.clone();
+                let tx = self.done_tx.clone();
+                tokio::spawn(async move {
+                    if let Some(start) = start {
+                        // A start still running must not add anything after the stop.
+                        start.abort();
+                        let _ = start.await;
+                    }
+                    runner.stop_all(group.as_str(), &resources, kind).await;
+                    info!(%group, epoch, "group stopped");
+                    let _ = tx.send(Done::Stopped { group, epoch });
+                });
+            }
+        }
+    }
+
+    fn spawn_monitors(&mut self, group: &GroupName, epoch: u64) {
+        let mut handles = Vec::new();
+        for resource in self.resources(group) {
+            let runner = self.runner.clone();
+            let tx = self.done_tx.clone();
+            let group = group.clone();
+            let allowed_failures = match &resource {
+                ResourceSpec::Exec(exec) => exec.failures_before_move.max(1),
+                ResourceSpec::Ip(_) => 1,
+            };
+            handles.push(tokio::spawn(async move {
+                let interval = resource.monitor_interval();
+                let mut failures = 0;
+                loop {
+                    tokio::time::sleep(interval).await;
+                    match runner.monitor(group.as_str(), &resource).await {
+                        Ok(()) => failures = 0,
+                        Err(reason) => {
+                            failures += 1;
+                            if failures >= allowed_failures {
+                                let _ = tx.send(Done::MonitorFailed {
+                                    group,
+                                    epoch,
+                                    reason: format!("{}: {reason}", resource.label()),
+                                });
+                                return;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        self.monitors.insert(group.clone(), handles);
+    }
+
+    /// Last resort on exit: nothing of ours may stay up.
+    async fn stop_everything(&mut self) {
+        for (_, monitors) in std::mem::take(&mut self.monitors) {
+            for m in monitors {
+                m.abort();
+            }
+        }
+        let starts = std::mem::take(&mut self.starts);
+        for (group, start) in starts {
+            start.abort();
+            let _ = start.await;
+            let resources = self.resources(&group);
+            self.runner
+                .stop_all(group.as_str(), &resources, StopKind::Emergency)
+                .await;
+        }
+    }
+}
+
+/// One log line when a node stops or resumes renewing, as seen from here.
+fn log_liveness_changes(known: &mut BTreeMap<String, bool>, status: &ClusterStatus) {
+    for member in status.members.iter().filter(|m| m.role == "node") {
+        let before = known.insert(member.name.clone(), member.live);
+        match (before, member.live) {
+            (Some(true), false) => warn!(member = %member.name, "member stopped renewing"),
+            (Some(false), true) | (None, true) => info!(member = %member.name, "member is live"),
+            _ => {}
+        }
+    }
+}
+
+fn build_status(
+    config: &ClusterConfig,
+    me: &NodeName,
+    engine: &NodeEngine,
+    raft: &RaftNode,
+    now: Millis,
+) -> ClusterStatus {
+    let raft_status = raft.status();
+    let name_of = |id: u64| {
+        config
+            .member_by_id(id)
+            .map_or_else(|| format!("#{id}"), |m| m.name.to_string())
+    };
+    let topo = engine.topology();
+    let members = config
+        .members
+        .iter()
+        .map(|m| {
+            let seen = engine.liveness().get(m.id).filter(|s| s.renewal.is_some());
+            MemberStatus {
+                name: m.name.to_string(),
+                address: m.address.to_string(),
+                role: match m.role {
+                    MemberRole::Node => "node".into(),
+                    MemberRole::Witness => "witness".into(),
+                },
+                last_renewal_age_ms: seen.map(|s| now.saturating_sub(s.at)),
+                live: engine.liveness().is_live(m.id, now, topo.lease_ms),
+                is_leader: raft_status.leader == Some(m.id),
+            }
+        })
+        .collect();
+    let state = engine.state();
+    let groups = config
+        .groups
+        .iter()
+        .map(|g| {
+            let gs = state.group(&g.name);
+            GroupStatus {
+                name: g.name.to_string(),
+                owner: gs.owner.map(name_of),
+                epoch: gs.epoch,
+                local_phase: engine.agent().phase(&g.name).map(|p| match p {
+                    crate::engine::GroupPhase::Starting => "starting".to_string(),
+                    crate::engine::GroupPhase::Running => "running".to_string(),
+                    crate::engine::GroupPhase::Stopping { .. } => "stopping".to_string(),
+                }),
+                failed_on: gs.failed_on.iter().map(|n| name_of(*n)).collect(),
+                move_to: gs.move_to.map(name_of),
+                last_transition: gs.last_transition.as_ref().map_or("-".to_string(), |t| {
+                    let who = |n: Option<u64>| n.map_or("nobody".to_string(), name_of);
+                    format!(
+                        "epoch {}: {} -> {} ({})",
+                        t.epoch,
+                        who(t.from),
+                        who(t.to),
+                        t.reason
+                    )
+                }),
+                resources: g.resources.iter().map(|r| r.label()).collect(),
+            }
+        })
+        .collect();
+    ClusterStatus {
+        cluster: config.name.clone(),
+        me: me.to_string(),
+        term: raft_status.term,
+        leader: raft_status.leader.map(name_of),
+        quorum: raft_status.has_quorum(),
+        last_log_index: raft_status.last_log_index,
+        last_applied: raft_status.last_applied,
+        members,
+        groups,
+        lease_remaining_ms: engine.agent().lease_until().saturating_sub(now),
+    }
+}

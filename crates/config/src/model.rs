@@ -1,0 +1,99 @@
+//! The typed, validated configuration handed to the roles. Produced only by
+//! `validate()`; every field here has already been checked.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use uphold_core::{GroupName, NodeId, NodeName, ResourceSpec};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Present when the file has a `[cluster]` section.
+    pub cluster: Option<ClusterConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Copy)]
+pub enum MemberRole {
+    /// Votes and runs groups.
+    Node,
+    /// Votes only; never runs a group.
+    Witness,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    pub name: NodeName,
+    pub id: NodeId,
+    /// Address peers connect to (and this member listens on, unless `listen` overrides).
+    pub address: SocketAddr,
+    pub listen: SocketAddr,
+    /// Local status/admin API of this member (HTTP; localhost unless authenticated).
+    pub api: SocketAddr,
+    pub role: MemberRole,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timing {
+    /// How long a committed renewal lets a node run its groups.
+    pub lease: Duration,
+    /// How often a node renews.
+    pub renew_interval: Duration,
+    /// Upper bound on the relative rate difference of two members' monotonic clocks
+    /// (e.g. 0.01 = 1%). The leader waits `lease * (1 + max_clock_drift)` before
+    /// reassigning a silent owner's groups.
+    pub max_clock_drift: f64,
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub members: Vec<Member>,
+    pub groups: Vec<GroupConfig>,
+    pub timing: Timing,
+    /// Directory for Raft state; may contain `{node}`, replaced by the member name
+    /// (so one file serves several members on one host, as in the demo).
+    /// Default `/var/lib/uphold`.
+    pub state_dir: String,
+    /// Directory holding `ca.pem`, `<node>.pem`, `<node>-key.pem`; may contain
+    /// `{node}`. Default `/etc/uphold/tls`.
+    pub tls_dir: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupConfig {
+    pub name: GroupName,
+    /// Preference order; only members with role Node.
+    pub nodes: Vec<NodeName>,
+    /// Move back to a more preferred node when it returns. Default false (sticky).
+    pub failback: bool,
+    pub resources: Vec<ResourceSpec>,
+}
+
+impl ClusterConfig {
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name.as_str() == name)
+    }
+    pub fn member_by_id(&self, id: NodeId) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+    pub fn group(&self, name: &str) -> Option<&GroupConfig> {
+        self.groups.iter().find(|g| g.name.as_str() == name)
+    }
+    pub fn state_dir_for(&self, node: &NodeName) -> PathBuf {
+        PathBuf::from(self.state_dir.replace("{node}", node.as_str()))
+    }
+    pub fn tls_dir_for(&self, node: &NodeName) -> PathBuf {
+        PathBuf::from(self.tls_dir.replace("{node}", node.as_str()))
+    }
+}
+
+impl Timing {
+    /// How long the leader waits after the last renewal it saw from a node before the
+    /// node's leases are certainly expired.
+    pub fn lease_expiry_wait(&self) -> Duration {
+        self.lease.mul_f64(1.0 + self.max_clock_drift)
+    }
+}

@@ -1,0 +1,38 @@
+//! Everything in uphold that touches the kernel, and the only crate allowed
+//! `unsafe` (each block carries a `// SAFETY:` comment).
+//!
+//! - [`clock`]: raw CLOCK_MONOTONIC ([`monotonic_now`], [`monotonic_now_ms`],
+//!   [`MonotonicClock`]), comparable between the daemon and its guard process.
+//! - [`vip`]: floating addresses through rtnetlink. Keep one [`Netlink`] per
+//!   process (created inside a tokio runtime, in the network namespace it
+//!   manages) and call [`Netlink::add_address`], [`Netlink::remove_address`],
+//!   [`Netlink::has_address`], [`Netlink::interface_is_up`]; one-shot free
+//!   functions of the same names exist for rare calls.
+//! - [`arp`]: announcing a moved address: [`announce`] (gratuitous ARP for
+//!   IPv4, unsolicited neighbour advertisements for IPv6). Blocking.
+//! - [`exec`]: running user commands from an argv with a timeout, in their own
+//!   process group: [`exec::run`] → [`ExecOutcome`].
+//! - [`guard`]: the VIP guard process that removes addresses and stops services
+//!   when the daemon dies or overruns its lease: [`GuardClient`] on the daemon
+//!   side, [`run_guard_process`] as the body of `uphold guard` ([`run_guard`]
+//!   is its loop over any reader).
+//! - [`error`]: [`OsError`], the single error type.
+
+#![allow(unsafe_code)]
+
+pub mod arp;
+pub mod clock;
+pub mod error;
+pub mod exec;
+pub mod guard;
+pub mod vip;
+
+#[cfg(test)]
+mod testns;
+
+pub use arp::{announce, send_gratuitous_arp, send_unsolicited_na};
+pub use clock::{monotonic_now, monotonic_now_ms, MonotonicClock};
+pub use error::OsError;
+pub use exec::{ExecOutcome, ExecStatus};
+pub use guard::{run_guard, run_guard_process, GuardClient, GuardMessage};
+pub use vip::{AddOutcome, Netlink, RemoveOutcome};

@@ -1,0 +1,395 @@
+//! Scenario runner for the failover lab: runs repetitions of one fault against
+//! one HA implementation and prints one JSON line per repetition (plus a
+//! summary), measures idle cost, and turns collected JSON lines into the
+//! markdown table of `bench/failover`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use uphold_testkit::deploy::{Impl, Tools};
+use uphold_testkit::scenario::{self, Fault, RepOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "uphold-lab",
+    about = "failover scenarios in a network-namespace lab (root only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// HA implementation on the nodes.
+    #[arg(long = "impl", value_enum)]
+    imp: Impl,
+    /// The uphold binary (required for --impl uphold).
+    #[arg(long)]
+    uphold_bin: Option<PathBuf>,
+    /// keepalived (default: from PATH or /usr/sbin).
+    #[arg(long)]
+    keepalived_bin: Option<PathBuf>,
+    /// uphold-testsvc (default: next to this program).
+    #[arg(long)]
+    testsvc_bin: Option<PathBuf>,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Keep each lab's directory (configs, daemon logs) even on success.
+    #[arg(long)]
+    keep_logs: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Inject FAULT into the VIP's owner, REPS times, each in a fresh lab.
+    Failover {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_enum)]
+        fault: Fault,
+        #[arg(long, default_value_t = 1)]
+        reps: u32,
+        /// Seconds to wait for another node to answer after the fault.
+        #[arg(long, default_value_t = 15)]
+        deadline_secs: u64,
+    },
+    /// Measure the daemons' idle CPU and RSS per node.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+    /// Read JSON lines (from failover/idle --json) and print the markdown table.
+    Report { files: Vec<PathBuf> },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Failover {
+            common,
+            fault,
+            reps,
+            deadline_secs,
+        } => failover(&common, fault, reps, deadline_secs),
+        Cmd::Idle { common, seconds } => idle(&common, seconds),
+        Cmd::Report { files } => report(&files),
+    };
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("uphold-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn options(common: &Common, fault: Fault) -> Result<RepOptions> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("needs root (it creates network namespaces)");
+    }
+    let mut tools = Tools::discover(common.uphold_bin.clone())?;
+    if let Some(k) = &common.keepalived_bin {
+        tools.keepalived = k.clone();
+    }
+    if let Some(t) = &common.testsvc_bin {
+        tools.testsvc = t.clone();
+    }
+    let mut o = RepOptions::new(common.imp, fault, tools);
+    o.keep_logs = common.keep_logs;
+    Ok(o)
+}
+
+fn failover(common: &Common, fault: Fault, reps: u32, deadline_secs: u64) -> Result<bool> {
+    let mut opts = options(common, fault)?;
+    opts.deadline = Duration::from_secs(deadline_secs);
+    let mut downtimes = Vec::new();
+    let mut doubles = Vec::new();
+    let mut errors = 0;
+    for rep in 1..=reps {
+        match scenario::run_rep(&opts) {
+            Ok(r) => {
+                downtimes.push(r.downtime_ms);
+                doubles.push(r.double_ms);
+                if common.json {
+                    let mut v = serde_json::to_value(&r).context("encoding result")?;
+                    if let Value::Object(m) = &mut v {
+                        m.insert("kind".into(), json!("rep"));
+                        m.insert("rep".into(), json!(rep));
+                    }
+                    println!("{v}");
+                } else {
+                    println!(
+                        "{} {} rep {rep}: owner {} -> {}, downtime {:.0} ms{}{}, failover {}, {} serving change(s), double-held {:.0} ms (≤ {:.0}){}{}",
+                        r.imp.name(),
+                        r.fault.name(),
+                        r.owner_before,
+                        r.served_after.as_deref().unwrap_or("nobody"),
+                        r.downtime_ms,
+                        if r.recovered { "" } else { " (not recovered)" },
+                        r.downtime_from_ms.map_or(String::new(), |t| format!(" from +{t:.0} ms")),
+                        r.failover_ms.map_or("never".to_string(), |t| format!("{t:.0} ms")),
+                        r.serving_changes,
+                        r.double_ms,
+                        r.double_ms_max,
+                        if r.double_at_end { " still double-held at end" } else { "" },
+                        r.moved_back.map_or(String::new(), |m| format!(", moved back after heal: {m}")),
+                    );
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if common.json {
+                    println!(
+                        "{}",
+                        json!({"kind": "rep", "impl": common.imp, "fault": fault, "rep": rep, "error": format!("{e:#}")})
+                    );
+                }
+                eprintln!("{} {} rep {rep}: {e:#}", common.imp.name(), fault.name());
+            }
+        }
+    }
+    let summary = json!({
+        "kind": "summary",
+        "impl": common.imp,
+        "fault": fault,
+        "reps": reps,
+        "errors": errors,
+        "downtime_ms": stats(&downtimes),
+        "double_ms": stats(&doubles),
+    });
+    if common.json {
+        println!("{summary}");
+    } else if !downtimes.is_empty() {
+        println!(
+            "summary: downtime {}, double-held {}",
+            fmt_stats(&downtimes),
+            fmt_stats(&doubles)
+        );
+    }
+    Ok(errors == 0)
+}
+
+fn idle(common: &Common, seconds: u64) -> Result<bool> {
+    let opts = options(common, Fault::LinkDown)?;
+    let r = scenario::measure_idle(&opts, Duration::from_secs(seconds))?;
+    if common.json {
+        let mut v = serde_json::to_value(&r).context("encoding result")?;
+        if let Value::Object(m) = &mut v {
+            m.insert("kind".into(), json!("idle"));
+        }
+        println!("{v}");
+    } else {
+        println!(
+            "{} idle over {} s: CPU {:.2}% per node, RSS {:.1} MiB per node",
+            r.imp.name(),
+            seconds,
+            r.mean_cpu_percent,
+            r.mean_rss_kib / 1024.0
+        );
+    }
+    Ok(true)
+}
+
+fn stats(v: &[f64]) -> Value {
+    if v.is_empty() {
+        return Value::Null;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    json!({"median": median(&s), "min": s[0], "max": s[s.len() - 1], "n": s.len()})
+}
+
+/// Median of a sorted, non-empty slice.
+fn median(s: &[f64]) -> f64 {
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn fmt_stats(v: &[f64]) -> String {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match (s.first(), s.last()) {
+        (Some(lo), Some(hi)) => format!("{:.0} ms ({:.0}–{:.0})", median(&s), lo, hi),
+        _ => "n/a".into(),
+    }
+}
+
+#[derive(Default)]
+struct Cell {
+    downtime: Vec<f64>,
+    double: Vec<f64>,
+    unrecovered: usize,
+    double_at_end: usize,
+    errors: usize,
+    moved_back: usize,
+}
+
+fn report(files: &[PathBuf]) -> Result<bool> {
+    if files.is_empty() {
+        bail!("report needs at least one file of JSON lines");
+    }
+    let mut cells: BTreeMap<(Fault, Impl), Cell> = BTreeMap::new();
+    let mut idle: BTreeMap<Impl, Vec<(f64, f64)>> = BTreeMap::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let v: Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not JSON", f.display(), n + 1))?;
+            let Some(imp) = v
+                .get("impl")
+                .and_then(Value::as_str)
+                .and_then(Impl::from_name)
+            else {
+                continue;
+            };
+            match v.get("kind").and_then(Value::as_str) {
+                Some("rep") => {
+                    let Some(fault) = v
+                        .get("fault")
+                        .and_then(Value::as_str)
+                        .and_then(Fault::from_name)
+                    else {
+                        continue;
+                    };
+                    let c = cells.entry((fault, imp)).or_default();
+                    if v.get("error").is_some() {
+                        c.errors += 1;
+                        continue;
+                    }
+                    if let Some(d) = v.get("downtime_ms").and_then(Value::as_f64) {
+                        c.downtime.push(d);
+                    }
+                    if let Some(d) = v.get("double_ms").and_then(Value::as_f64) {
+                        c.double.push(d);
+                    }
+                    if v.get("recovered").and_then(Value::as_bool) == Some(false) {
+                        c.unrecovered += 1;
+                    }
+                    if v.get("double_at_end").and_then(Value::as_bool) == Some(true) {
+                        c.double_at_end += 1;
+                    }
+                    if v.get("moved_back").and_then(Value::as_bool) == Some(true) {
+                        c.moved_back += 1;
+                    }
+                }
+                Some("idle") => {
+                    let cpu = v
+                        .get("mean_cpu_percent")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(f64::NAN);
+                    let rss = v
+                        .get("mean_rss_kib")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(f64::NAN);
+                    idle.entry(imp).or_default().push((cpu, rss));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    println!("| fault | uphold downtime median (min–max) | uphold double-held | keepalived 1s downtime | double | keepalived fast downtime | double | ratio downtime uphold/keepalived-1s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for fault in Fault::ALL {
+        let mut row = vec![fault.name().to_string()];
+        for imp in Impl::ALL {
+            let c = cells.get(&(fault, imp));
+            row.push(c.map_or("n/a".into(), cell_downtime));
+            row.push(c.map_or("n/a".into(), cell_double));
+        }
+        let med = |imp| {
+            cells.get(&(fault, imp)).and_then(|c: &Cell| {
+                let mut s = c.downtime.clone();
+                s.sort_by(f64::total_cmp);
+                (!s.is_empty()).then(|| median(&s))
+            })
+        };
+        row.push(match (med(Impl::Uphold), med(Impl::Keepalived1s)) {
+            (Some(u), Some(k)) if k > 0.0 => format!("{:.2}", u / k),
+            (Some(_), Some(_)) => "— (keepalived 0 ms)".into(),
+            _ => "n/a".into(),
+        });
+        println!("| {} |", row.join(" | "));
+    }
+    println!();
+    println!("Downtime: longest run of failed client probes (every 10 ms) after the fault. Double-held: median time ≥ 2 nodes had the VIP configured (max in parentheses). \"moved back\": after healing a partition, the VIP returned to the old owner.");
+    let mut parts = Vec::new();
+    for imp in Impl::ALL {
+        if let Some(v) = idle.get(&imp) {
+            let k = v.len() as f64;
+            let cpu = v.iter().map(|x| x.0).sum::<f64>() / k;
+            let rss = v.iter().map(|x| x.1).sum::<f64>() / k;
+            parts.push(format!(
+                "{} {:.2}% CPU, {:.1} MiB RSS",
+                imp.name(),
+                cpu,
+                rss / 1024.0
+            ));
+        }
+    }
+    if !parts.is_empty() {
+        println!();
+        println!(
+            "Idle, per node (daemon process group, 30 s): {}.",
+            parts.join("; ")
+        );
+    }
+    Ok(true)
+}
+
+fn cell_downtime(c: &Cell) -> String {
+    let mut s = if c.downtime.is_empty() {
+        "n/a".to_string()
+    } else {
+        fmt_stats(&c.downtime)
+    };
+    if c.unrecovered > 0 {
+        s.push_str(&format!(", {} not recovered", c.unrecovered));
+    }
+    if c.errors > 0 {
+        s.push_str(&format!(", {} failed runs", c.errors));
+    }
+    s
+}
+
+fn cell_double(c: &Cell) -> String {
+    let mut s = c.double.clone();
+    s.sort_by(f64::total_cmp);
+    let mut out = match s.last() {
+        Some(hi) => format!("{:.0} ms (max {:.0})", median(&s), hi),
+        None => "n/a".into(),
+    };
+    if c.double_at_end > 0 {
+        out.push_str(&format!(
+            ", still double at end {}/{}",
+            c.double_at_end,
+            c.double.len()
+        ));
+    }
+    if c.moved_back > 0 {
+        out.push_str(&format!(
+            ", moved back {}/{}",
+            c.moved_back,
+            c.downtime.len()
+        ));
+    }
+    out
+}

@@ -1,0 +1,129 @@
+//! Command-line syntax. Names of commands and flags are part of the user-facing
+//! contract (see shared/PRODUCT.md).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+pub const DEFAULT_CONFIG: &str = "/etc/uphold/uphold.toml";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "uphold",
+    version,
+    about = "High availability you can roll in: floating IPs and services with quorum-backed failover"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon in the foreground with every section of the config.
+    Run(RunArgs),
+    /// Validate a config file; exit 2 on errors.
+    Check(CheckArgs),
+    /// Show members, quorum, leader and groups, as seen by the local daemon.
+    Status(StatusArgs),
+    /// Create the cluster CA and one certificate per member.
+    Init(InitArgs),
+    /// A self-contained 3-node cluster on loopback that fails over before your eyes.
+    Demo(DemoArgs),
+    /// The tiny service the demo floats between its nodes.
+    #[command(hide = true)]
+    DemoService(DemoServiceArgs),
+    /// Internal: the process that removes addresses if the daemon dies.
+    #[command(hide = true)]
+    Guard,
+}
+
+#[derive(Args, Debug)]
+pub struct NodeSelect {
+    /// Config file.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Which member this is (default: $UPHOLD_NODE, then the short hostname).
+    #[arg(long, env = "UPHOLD_NODE")]
+    pub node: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub select: NodeSelect,
+    /// Log filter (tracing syntax), e.g. `info` or `uphold_cluster=debug`.
+    #[arg(long, env = "UPHOLD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub select: NodeSelect,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Take the cluster name, members and tls_dir from this config.
+    #[arg(long, short, conflicts_with_all = ["dir", "cluster", "members"])]
+    pub config: Option<PathBuf>,
+    /// Directory for the CA and certificates.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Comma-separated member names.
+    #[arg(long, value_delimiter = ',')]
+    pub members: Vec<String>,
+    /// Replace an existing CA (every member then needs its new certificate).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Working directory (default: a new temporary directory, removed at the end).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoServiceArgs {
+    #[command(subcommand)]
+    pub action: DemoServiceAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DemoServiceAction {
+    /// Serve "hello from NODE" on ADDR until killed.
+    Serve {
+        #[arg(long)]
+        listen: String,
+    },
+    /// Start `serve` in the background and write its pid.
+    Start {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        pidfile: PathBuf,
+    },
+    /// Stop the service started with `start`.
+    Stop {
+        #[arg(long)]
+        pidfile: PathBuf,
+    },
+    /// Exit 0 if the service answers.
+    Check {
+        #[arg(long)]
+        addr: String,
+    },
+}

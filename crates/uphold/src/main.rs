@@ -1,0 +1,34 @@
+//! The `uphold` binary: command-line parsing and dispatch to the subcommands.
+//! Each subcommand lives in its own module; the roles live in their crates.
+
+mod check;
+mod cli;
+mod demo;
+mod init;
+mod run;
+mod status;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Exit code for a configuration or usage error (`uphold check` contract).
+pub const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Run(args) => run::main(args),
+        cli::Command::Check(args) => check::main(args),
+        cli::Command::Status(args) => status::main(args),
+        cli::Command::Init(args) => init::main(args),
+        cli::Command::Demo(args) => demo::main(args),
+        cli::Command::DemoService(args) => demo::service_main(args),
+        cli::Command::Guard => match uphold_os::guard::run_guard(std::io::stdin()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("uphold-guard: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

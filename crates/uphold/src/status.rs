@@ -1,0 +1,94 @@
+//! `uphold status`: ask the local daemon's API and print the cluster picture.
+
+use crate::check::print_config_errors;
+use crate::cli::StatusArgs;
+use crate::EXIT_CONFIG;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::time::Duration;
+use uphold_cluster::runtime::status::ClusterStatus;
+
+/// Responses larger than this are not a status document.
+const MAX_RESPONSE: u64 = 4 << 20;
+
+pub fn main(args: StatusArgs) -> ExitCode {
+    let loaded = match uphold_config::load(&args.select.config) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            print_config_errors(&errors);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(cluster) = loaded.config.cluster else {
+        eprintln!(
+            "error: {}: no [cluster] section",
+            args.select.config.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let me = match uphold_config::select_member(&cluster, args.select.node.as_deref()) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match fetch_status(me.api) {
+        Ok(status) => {
+            if args.json {
+                match serde_json::to_string_pretty(&status) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", status.render());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot get status from {} at {}: {e}",
+                me.name, me.api
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET to our own daemon on localhost, with deadlines.
+pub fn fetch_status(api: SocketAddr) -> Result<ClusterStatus, String> {
+    let body = http_get(api, "/v1/status")?;
+    serde_json::from_slice(&body).map_err(|e| format!("unreadable status document: {e}"))
+}
+
+pub fn http_get(api: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
+    let timeout = Duration::from_secs(3);
+    let mut stream = TcpStream::connect_timeout(&api, timeout)
+        .map_err(|e| format!("is `uphold run` running? ({e})"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {api}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .take(MAX_RESPONSE)
+        .read_to_end(&mut response)
+        .map_err(|e| e.to_string())?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("malformed HTTP response")?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    let status_line = head.lines().next().unwrap_or_default();
+    if !status_line.contains(" 200 ") {
+        return Err(format!("API answered {status_line:?}"));
+    }
+    Ok(response[split + 4..].to_vec())
+}
