@@ -139,8 +139,8 @@ fn cases() -> Vec<Case> {
         case("cluster", "name = \"shop\"\nrenew_interval = \"400ms\" #!", "cluster.renew_interval", "at most a third of lease"),
         case("cluster", "name = \"shop\"\nmax_clock_drift = 0.9 #!", "cluster.max_clock_drift", "invalid max_clock_drift 0.9"),
         case("cluster", "name = \"shop\"\nmax_clock_drift = -0.1 #!", "cluster.max_clock_drift", "between 0 and 0.5"),
-        case("cluster", "name = \"shop\"\nelection_timeout_min = \"100ms\" #!", "cluster.election_timeout_min", "greater than heartbeat_interval"),
-        case("cluster", "name = \"shop\"\nelection_timeout_max = \"300ms\" #!", "cluster.election_timeout_max", "greater than election_timeout_min"),
+        case("cluster", "name = \"shop\"\nelection_timeout_min = \"40ms\" #!", "cluster.election_timeout_min", "greater than heartbeat_interval"),
+        case("cluster", "name = \"shop\"\nelection_timeout_max = \"150ms\" #!", "cluster.election_timeout_max", "greater than election_timeout_min"),
         // Members.
         case("file", "[cluster] #!\nname = \"shop\"\n", "cluster.member", "at least one"),
         case("alpha", "name = \"Alpha\" #!\naddress = \"10.0.0.1:7400\"", "cluster.member[0].name", "invalid member name \"Alpha\""),

@@ -55,6 +55,10 @@ fn check_name(name: &str) -> Result<(), NameError> {
     if name.starts_with('-') || name.ends_with('-') {
         return err("must not start or end with '-'");
     }
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        // Names become TLS certificate DNS names, which cannot be all digits.
+        return err("must contain a letter");
+    }
     Ok(())
 }
 
@@ -119,6 +123,7 @@ mod tests {
         assert!(NodeName::new("Alpha").is_err());
         assert!(NodeName::new("-a").is_err());
         assert!(NodeName::new("a b").is_err());
+        assert!(NodeName::new("123").is_err());
         assert!(NodeName::new("x".repeat(64)).is_err());
     }
 

@@ -9,10 +9,11 @@
 //! stdin; the guard undoes a group (resources in reverse order: addresses
 //! removed, exec `stop` commands run) when that group's lease deadline passes on
 //! CLOCK_MONOTONIC, and undoes every group at once when its input reaches EOF
-//! (the daemon died) or its parent process changes.
+//! (the daemon died), its parent process changes, or it receives SIGTERM (as
+//! systemd sends to the rest of a unit whose main process died).
 //!
-//! Daemon side: [`GuardClient`]. Guard side: [`run_guard`], the body of the
-//! `uphold guard` subcommand.
+//! Daemon side: [`GuardClient`]. Guard side: [`run_guard_process`], the body of
+//! the `uphold guard` subcommand, around the loop [`run_guard`].
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -57,7 +57,8 @@ pub enum HelloReply {
 }
 
 /// Which members may connect. A closure so that membership changes (Raft configuration
-/// changes, config reloads) apply to new connections without rebuilding the endpoint.
+/// changes, config reloads) apply without rebuilding the endpoint: the server consults it
+/// at every handshake and every request. Keep it cheap and non-blocking.
 #[derive(Clone)]
 pub struct AllowedPeers(Arc<dyn Fn(&NodeName) -> bool + Send + Sync>);
 

@@ -4,7 +4,8 @@
 //! for TLS plus the Hello exchange, then dispatches every request to the [`RpcHandler`]
 //! concurrently (up to a per-connection limit, beyond which it stops reading, so a busy
 //! peer is slowed down rather than buffered without bound) and writes the responses back on
-//! the same connection in completion order.
+//! the same connection in completion order. The allowed set is consulted at the handshake
+//! and again for every request, so a member removed from the cluster is cut off at once.
 //!
 //! The client ([`RpcClient`]) keeps one connection per peer, shared by all callers: a writer
 //! task owns the sending half, a reader task routes responses to waiting callers by
@@ -70,6 +71,10 @@ pub struct EndpointOptions {
     /// Protocol versions we speak; only tests and future versions change these.
     pub protocol_min: u16,
     pub protocol_max: u16,
+    /// Client side: a connection on which requests were outstanding but nothing was
+    /// received for this long is closed when a call times out, so calls to a peer whose
+    /// host died (and rebooted) recover quickly instead of waiting for TCP to give up.
+    pub presume_dead_after: Duration,
 }
 
 impl Default for EndpointOptions {
@@ -82,6 +87,7 @@ impl Default for EndpointOptions {
             max_connections: 512,
             protocol_min: PROTOCOL_VERSION,
             protocol_max: PROTOCOL_VERSION,
+            presume_dead_after: Duration::from_secs(2),
         }
     }
 }
@@ -479,7 +485,6 @@ impl RpcClient {
                     reason: e.to_string(),
                 }
             })?;
-            let received_before = conn.shared.received.load(Ordering::SeqCst);
             match timeout_at(deadline, conn.tx.send(bytes)).await {
                 Err(_) => return Err(timed_out("queueing the request")),
                 Ok(Err(_)) if attempts < 2 => {
@@ -491,14 +496,10 @@ impl RpcClient {
                 Ok(Ok(())) => {}
             }
             let Ok(answer) = timeout_at(deadline, rx).await else {
-                // Nothing at all came back during the whole call: the peer's host is
-                // probably gone and TCP would take minutes to notice. Give up on the
-                // connection so the next call dials afresh (for example the rebooted peer).
-                if conn.shared.received.load(Ordering::SeqCst) == received_before {
-                    conn.shared.close(CloseReason::Closed(format!(
-                        "nothing received for {timeout:?}; the connection is presumed dead"
-                    )));
-                }
+                // Checked while our own request still counts as outstanding.
+                conn.shared
+                    .close_if_silent(self.ctx.options.presume_dead_after);
+                drop(guard);
                 return Err(timed_out(PHASE_RESPONSE));
             };
             drop(guard);
@@ -693,6 +694,10 @@ type Pending = HashMap<u64, oneshot::Sender<Result<Vec<u8>, String>>>;
 struct ConnState {
     pending: Pending,
     closed: Option<CloseReason>,
+    /// Since when we have been waiting for the peer to say anything: the last frame
+    /// received, or the moment a request was sent while none was outstanding. `None` while
+    /// nothing is outstanding.
+    silent_since: Option<Instant>,
 }
 
 /// State shared by callers, the reader task and the writer task of one connection.
@@ -700,8 +705,6 @@ struct ConnState {
 struct Shared {
     state: Mutex<ConnState>,
     next_id: AtomicU64,
-    /// Frames received so far; lets a timed-out caller tell a slow peer from a dead one.
-    received: AtomicU64,
     /// Stops the reader and writer tasks.
     stop: CancellationToken,
 }
@@ -737,8 +740,37 @@ impl Shared {
             .unwrap_or_else(|| CloseReason::Closed("the connection ended".to_string()))
     }
 
+    fn heard_from_peer(&self) {
+        let mut state = self.lock();
+        if state.silent_since.is_some() {
+            state.silent_since = Some(Instant::now());
+        }
+    }
+
+    /// After a call timed out: if the peer has been silent for `limit` while requests were
+    /// outstanding, its host is probably gone and TCP would take a long time to notice, so
+    /// give up on the connection and let the next call dial afresh (for example the
+    /// rebooted peer). A merely slow peer keeps its connection as long as some response
+    /// arrives within `limit`.
+    fn close_if_silent(&self, limit: Duration) {
+        let silent_for = self.lock().silent_since.map(|since| since.elapsed());
+        if let Some(silent_for) = silent_for.filter(|s| *s >= limit) {
+            self.close(CloseReason::Closed(format!(
+                "no frame received for {silent_for:?} while waiting for responses; \
+                 the connection is presumed dead"
+            )));
+        }
+    }
+
     fn complete(&self, id: u64, result: Result<Vec<u8>, String>) {
-        let waiter = self.lock().pending.remove(&id);
+        let waiter = {
+            let mut state = self.lock();
+            let waiter = state.pending.remove(&id);
+            if state.pending.is_empty() {
+                state.silent_since = None;
+            }
+            waiter
+        };
         match waiter {
             Some(tx) => {
                 let _ = tx.send(result);
@@ -757,7 +789,11 @@ struct PendingGuard {
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.shared.lock().pending.remove(&self.id);
+        let mut state = self.shared.lock();
+        state.pending.remove(&self.id);
+        if state.pending.is_empty() {
+            state.silent_since = None;
+        }
     }
 }
 
@@ -802,6 +838,9 @@ impl Conn {
         let mut state = self.shared.lock();
         if let Some(reason) = &state.closed {
             return Err(reason.clone());
+        }
+        if state.pending.is_empty() {
+            state.silent_since = Some(Instant::now());
         }
         state.pending.insert(id, tx);
         drop(state);
@@ -865,7 +904,7 @@ async fn read_loop(mut stream: SplitStream<OutboundIo>, shared: Arc<Shared>, pee
             }
             Some(Err(e)) => break CloseReason::Closed(e.to_string()),
             Some(Ok(payload)) => {
-                shared.received.fetch_add(1, Ordering::SeqCst);
+                shared.heard_from_peer();
                 match frame::decode::<Frame>(&payload, "RPC frame") {
                     Ok(Frame::Response { id, result }) => shared.complete(id, result),
                     Ok(Frame::Request { id, .. }) => {

@@ -333,7 +333,7 @@ async fn handler_errors_panics_and_oversized_messages_are_reported_and_the_conne
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, RpcError::Protocol { reason, .. } if reason.contains("exceeds the limit")),
+        matches!(&err, RpcError::Protocol { reason, .. } if reason.contains("exceeds the frame limit of 1024 bytes")),
         "{err}"
     );
 
@@ -348,6 +348,8 @@ async fn handler_errors_panics_and_oversized_messages_are_reported_and_the_conne
         "a request waiting for its answer may have run"
     );
     assert!(started.elapsed() < T);
+    // A slow handler is not a dead peer: the connection stays.
+    assert!(client.is_connected(&a).await);
 
     assert_eq!(
         echo(&client, "a", server.addr, b"ok").await.unwrap(),
@@ -718,5 +720,86 @@ async fn calls_in_flight_fail_with_closed_when_disconnected() {
     assert!(matches!(err, RpcError::Closed { .. }), "{err}");
     assert!(!err.is_not_sent());
     assert!(!client.is_connected(&a).await);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_goes_silent_loses_its_connection_after_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    // A black hole: completes TLS and the Hello exchange as a, then never reads or answers,
+    // like a host that died with the connection open.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release, released) = oneshot::channel::<()>();
+    let hole_dir = dir.path().to_path_buf();
+    let hole = tokio::spawn(async move {
+        let (tcp, peer_addr) = listener.accept().await.unwrap();
+        let identity = TlsIdentity::load(&hole_dir, &name("a")).unwrap();
+        let (tls, cert_name) = identity.accept(tcp, peer_addr).await.unwrap();
+        let mut io = frame::framed(tls, uphold_proto::MAX_FRAME_BYTES);
+        let hello = Hello::new(CLUSTER, name("a"));
+        let allowed = AllowedPeers::set([name("b")]);
+        let params = HandshakeParams {
+            ours: &hello,
+            cert_name: &cert_name,
+            expected: None,
+            allowed: &allowed,
+            peer_addr,
+        };
+        handshake(&mut io, params, Instant::now() + T)
+            .await
+            .unwrap();
+        let _ = released.await;
+        drop(io);
+    });
+    let options = EndpointOptions {
+        presume_dead_after: Duration::from_millis(100),
+        ..EndpointOptions::default()
+    };
+    let client = RpcClient::new(endpoint(dir.path(), "b", &["a"], options));
+    let a = name("a");
+    let err = client
+        .call(&a, addr, ECHO, vec![], Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::Timeout { .. }), "{err}");
+    assert!(
+        !client.is_connected(&a).await,
+        "a silent connection was kept"
+    );
+    let _ = release.send(());
+    hole.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_from_the_allowed_set_loses_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let b_allowed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let allowed = {
+        let b_allowed = b_allowed.clone();
+        AllowedPeers::from_fn(move |m| m.as_str() == "b" && b_allowed.load(Ordering::SeqCst))
+    };
+    let identity = TlsIdentity::load(dir.path(), &name("a")).unwrap();
+    let server_ctx = Arc::new(Endpoint::new(identity, CLUSTER, allowed));
+    let server = Server::start(server_ctx, Arc::default()).await;
+    let client = RpcClient::new(endpoint(
+        dir.path(),
+        "b",
+        &["a"],
+        EndpointOptions::default(),
+    ));
+    assert_eq!(echo(&client, "a", server.addr, b"1").await.unwrap(), b"b:1");
+
+    b_allowed.store(false, Ordering::SeqCst);
+    let err = echo(&client, "a", server.addr, b"2").await.unwrap_err();
+    assert!(matches!(err, RpcError::Closed { .. }), "{err}");
+    // Reconnecting does not help either.
+    let err = echo(&client, "a", server.addr, b"3").await.unwrap_err();
+    assert!(
+        matches!(&err, RpcError::Handshake { reason, .. } if reason.contains("not in the set of allowed members")),
+        "{err}"
+    );
     server.stop().await;
 }

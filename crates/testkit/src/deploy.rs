@@ -70,13 +70,15 @@ impl Tools {
     /// /usr/sbin.
     pub fn discover(uphold: Option<PathBuf>) -> Result<Tools> {
         let exe = std::env::current_exe().context("locating own executable")?;
-        let testsvc = std::env::var_os("UPHOLD_TESTSVC").map(PathBuf::from).or_else(|| {
-            exe.ancestors()
-                .skip(1)
-                .take(2)
-                .map(|d| d.join("uphold-testsvc"))
-                .find(|p| p.is_file())
-        });
+        let testsvc = std::env::var_os("UPHOLD_TESTSVC")
+            .map(PathBuf::from)
+            .or_else(|| {
+                exe.ancestors()
+                    .skip(1)
+                    .take(2)
+                    .map(|d| d.join("uphold-testsvc"))
+                    .find(|p| p.is_file())
+            });
         let testsvc = testsvc.ok_or_else(|| {
             anyhow!(
                 "uphold-testsvc not found next to {}; build it (cargo build -p uphold-testkit) or set UPHOLD_TESTSVC",

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         cli::Command::Init(args) => init::main(args),
         cli::Command::Demo(args) => demo::main(args),
         cli::Command::DemoService(args) => demo::service_main(args),
-        cli::Command::Guard => match uphold_os::guard::run_guard(std::io::stdin()) {
+        cli::Command::Guard => match uphold_os::guard::run_guard_process() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("uphold-guard: {e}");

@@ -120,8 +120,17 @@ impl NodeEngine {
     pub fn state(&self) -> &Arc<ClusterState> {
         &self.state
     }
-    pub fn is_done(&self) -> bool {
+    /// Shut down, every group handed back, and (if leading) placed elsewhere.
+    pub fn is_done(&self, now: Millis) -> bool {
         self.agent.is_done()
+            && !(self.is_leader
+                && self.placement.has_pending_work(
+                    &self.topo,
+                    &self.state,
+                    &self.liveness,
+                    self.me,
+                    now,
+                ))
     }
 
     pub fn on_event(&mut self, event: Event, now: Millis) -> Vec<Action> {

@@ -69,6 +69,33 @@ impl Placement {
         }
     }
 
+    /// Something is left for the leader to do: a proposal in flight, or a group
+    /// without owner that a live node could take. A leader that is shutting down
+    /// waits for this to clear, so the groups it released are placed before it
+    /// leaves (otherwise they wait for a new election).
+    pub fn has_pending_work(
+        &self,
+        topo: &Topology,
+        state: &ClusterState,
+        liveness: &Liveness,
+        me: NodeId,
+        now: Millis,
+    ) -> bool {
+        if !self.inflight.is_empty() {
+            return true;
+        }
+        topo.groups.iter().any(|spec| {
+            let gs = state.group(&spec.name);
+            gs.owner.is_none()
+                && spec.nodes.iter().any(|n| {
+                    *n != me
+                        && topo.nodes.contains(n)
+                        && liveness.is_live(*n, now, topo.lease_ms)
+                        && !gs.failed_on.contains(n)
+                })
+        })
+    }
+
     pub fn decide(
         &mut self,
         topo: &Topology,

@@ -56,7 +56,10 @@ impl Topology {
             lease_ms,
             renew_interval_ms,
             lease_expiry_wait_ms,
-            stop_margin_ms: (lease_ms / 4).max(renew_interval_ms / 2),
+            // Removing an address takes milliseconds; the margin covers scheduling
+            // delays, and is kept small because leader elections eat into the
+            // same budget (no renewal commits while there is no leader).
+            stop_margin_ms: (lease_ms / 8).max(50),
             proposal_timeout_ms: lease_ms.max(1000),
             failback_stable_ms: (lease_ms * 4).max(2000),
             failure_retry_ms: 10_000,

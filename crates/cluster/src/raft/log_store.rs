@@ -176,8 +176,9 @@ impl LogStore {
             txn.commit().map_err(|e| e.to_string())
         });
         match job.await {
-            Ok(result) => result
-                .map_err(|e| format!("Raft log {}: {e}", self.inner.path.display())),
+            Ok(result) => {
+                result.map_err(|e| format!("Raft log {}: {e}", self.inner.path.display()))
+            }
             Err(join) => Err(format!(
                 "Raft log {}: write task failed: {join}",
                 self.inner.path.display()
@@ -263,7 +264,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .last_log_id()
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         Ok(LogState {
-            last_log_id: last.or_else(|| purged.clone()),
+            last_log_id: last.or(purged),
             last_purged_log_id: purged,
         })
     }
@@ -273,7 +274,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let vote = vote.clone();
+        let vote = *vote;
         self.write(Durability::Immediate, move |txn| {
             let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
             put_meta(&mut meta, KEY_VOTE, &vote)
@@ -306,7 +307,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(committed.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -316,7 +321,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in &entries {
             let bytes = postcard::to_allocvec(entry).map_err(|e| {
                 storage_error(
-                    ErrorSubject::Log(entry.log_id.clone()),
+                    ErrorSubject::Log(entry.log_id),
                     ErrorVerb::Write,
                     format!("encoding: {e}"),
                 )
@@ -359,7 +364,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let upto = log_id.index;
-        let purged = log_id.clone();
+        let purged = log_id;
         self.write(Durability::Immediate, move |txn| {
             let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
             put_meta(&mut meta, KEY_PURGED, &purged)?;

@@ -19,8 +19,8 @@ use openraft::error::{
 };
 use openraft::network::{Backoff, RPCOption};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
-    InstallSnapshotResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{RPCTypes, RaftNetwork, RaftNetworkFactory};
 use tokio::time::Instant;
@@ -112,7 +112,10 @@ impl AckTracker {
 
     /// Time since `target` last answered this node as leader of `term`.
     pub(crate) fn since(&self, target: NodeId, term: u64) -> Option<Duration> {
-        let last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match last.get(&target) {
             Some((acked_term, at)) if *acked_term == term => Some(at.elapsed()),
             _ => None,
@@ -179,9 +182,11 @@ impl Network {
             Err(TransportError::Timeout(after)) => Err(Failure::Timeout(after)),
             // A peer that cannot be reached, or whose Raft refuses to serve, will
             // not recover within milliseconds: back off.
-            Err(e @ (TransportError::Unreachable(_) | TransportError::Remote(_))) => Err(
-                Failure::Unreachable(Unreachable::new(&io_error(format!("{what} to node {target}: {e}")))),
-            ),
+            Err(e @ (TransportError::Unreachable(_) | TransportError::Remote(_))) => {
+                Err(Failure::Unreachable(Unreachable::new(&io_error(format!(
+                    "{what} to node {target}: {e}"
+                )))))
+            }
             Err(e @ TransportError::Failed(_)) => Err(Failure::Network(NetworkError::new(
                 &io_error(format!("{what} to node {target}: {e}")),
             ))),

@@ -19,7 +19,7 @@ use uphold_proto::{RpcClient, RpcHandler};
 
 use super::log_store::{AppendObserver, Liveness, LogStore, LogStoreOpenError, LOG_FILE};
 use super::network::{AckTracker, NetworkFactory, RpcTransport, Transport, TransportError};
-use super::rpc::{self, ProposeReply, ProposeRequest, RaftRpcHandler, PROPOSE};
+use super::rpc::{self, LocalProposeError, ProposeReply, ProposeRequest, RaftRpcHandler, PROPOSE};
 use super::state_machine::{AppliedState, SnapshotLoadError, StateMachine};
 use super::types::{MemberNode, Raft};
 use crate::engine::state::{ApplyResult, Command};
@@ -86,8 +86,12 @@ pub enum ProposeError {
     Timeout(Duration),
     #[error("leader (node {leader}) is unreachable: {message}")]
     LeaderUnreachable { leader: NodeId, message: String },
-    #[error("leader (node {leader}) failed the request: {message}; the command may have committed")]
+    #[error(
+        "leader (node {leader}) failed the request: {message}; the command may have committed"
+    )]
     Forward { leader: NodeId, message: String },
+    #[error("Raft refused the proposal: {0}")]
+    Refused(String),
     #[error("Raft on this member has stopped: {0}")]
     Stopped(String),
 }
@@ -180,6 +184,38 @@ fn raft_config(cluster: &ClusterConfig, compaction: &Compaction) -> Result<Confi
         .map_err(|e| RaftStartError::Timing(e.to_string()))
 }
 
+/// Members added to or removed from the config after the cluster was formed are
+/// not applied to the Raft membership (that needs a joint-consensus change);
+/// say so instead of failing in puzzling ways.
+fn warn_if_membership_differs(raft: &Raft, cluster: &ClusterConfig) {
+    let stored: std::collections::BTreeSet<NodeId> = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    let configured: std::collections::BTreeSet<NodeId> =
+        cluster.members.iter().map(|m| m.id).collect();
+    if stored != configured {
+        let names = |ids: &std::collections::BTreeSet<NodeId>| {
+            ids.iter()
+                .map(|id| match cluster.member_by_id(*id) {
+                    Some(m) => m.name.to_string(),
+                    None => format!("<node id {id}>"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        tracing::warn!(
+            stored = %names(&stored),
+            configured = %names(&configured),
+            "the Raft membership in the state directory differs from the configured members; \
+             membership changes are not applied automatically"
+        );
+    }
+}
+
 fn backoff_bounds(timing: &Timing) -> (Duration, Duration) {
     (timing.heartbeat_interval, timing.election_timeout_max)
 }
@@ -247,7 +283,9 @@ impl RaftNode {
             .is_initialized()
             .await
             .map_err(|e| RaftStartError::Raft(e.to_string()))?;
-        if !initialized {
+        if initialized {
+            warn_if_membership_differs(&raft, cluster);
+        } else {
             // Every member initializes itself with the same membership, taken from
             // the same config; openraft documents this as safe, and it lets any
             // majority form the cluster without an operator picking a seed.
@@ -398,7 +436,11 @@ impl RaftNode {
     /// Forwards to the leader when this member is not it, and tries again (up to
     /// the deadline) when the attempt was certainly not accepted because
     /// leadership moved.
-    pub async fn propose(&self, cmd: Command, timeout: Duration) -> Result<ApplyResult, ProposeError> {
+    pub async fn propose(
+        &self,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<ApplyResult, ProposeError> {
         let deadline = Instant::now() + timeout;
         // A leader named by a peer's refusal, not yet visible in our metrics.
         let mut hint: Option<NodeId> = None;
@@ -420,7 +462,11 @@ impl RaftNode {
             let reply = if leader == self.id {
                 rpc::propose_here(&self.raft, cmd.clone(), remaining)
                     .await
-                    .map_err(|message| self.local_failure(message, timeout))?
+                    .map_err(|e| match e {
+                        LocalProposeError::Timeout(_) => ProposeError::Timeout(timeout),
+                        LocalProposeError::Refused(why) => ProposeError::Refused(why),
+                        LocalProposeError::Stopped(why) => ProposeError::Stopped(why),
+                    })?
             } else {
                 match self.forward(leader, &cmd, remaining).await {
                     Ok(reply) => reply,
@@ -446,14 +492,6 @@ impl RaftNode {
             }
         }
         Err(last_error)
-    }
-
-    fn local_failure(&self, message: String, timeout: Duration) -> ProposeError {
-        if self.raft.metrics().borrow().running_state.is_err() {
-            ProposeError::Stopped(message)
-        } else {
-            ProposeError::Timeout(timeout)
-        }
     }
 
     async fn forward(

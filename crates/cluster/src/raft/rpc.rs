@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
-use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uphold_core::{NodeId, NodeName};
@@ -49,7 +49,9 @@ pub(crate) enum ProposeReply {
     Applied(ApplyResult),
     /// The receiver is not the leader and did not append the command; the caller
     /// should ask `leader` (when known) instead.
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        leader: Option<NodeId>,
+    },
 }
 
 pub(crate) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, String> {
@@ -126,7 +128,9 @@ impl RaftRpcHandler {
                 PROPOSE => {
                     let req: ProposeRequest = decode("propose request", &body)?;
                     let wait = Duration::from_millis(req.timeout_ms).min(MAX_PROPOSE_WAIT);
-                    let reply = propose_here(&raft, req.command, wait).await?;
+                    let reply = propose_here(&raft, req.command, wait)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     encode("propose reply", &reply)
                 }
                 other => Err(format!("unknown Raft service {other}")),
@@ -159,24 +163,50 @@ fn check_sender(peer: &NodeName, peer_id: NodeId, vote: &Vote) -> Result<(), Str
     }
 }
 
+/// Why a proposal made on this member did not produce a reply.
+#[derive(Debug)]
+pub(crate) enum LocalProposeError {
+    /// Appended but not applied in time; it may still commit.
+    Timeout(Duration),
+    /// openraft refused the write for a reason other than leadership.
+    Refused(String),
+    /// Raft has stopped on this member.
+    Stopped(String),
+}
+
+impl std::fmt::Display for LocalProposeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LocalProposeError::Timeout(wait) => {
+                write!(
+                    f,
+                    "not committed within {wait:?}; the command may still commit"
+                )
+            }
+            LocalProposeError::Refused(why) => write!(f, "proposal refused: {why}"),
+            LocalProposeError::Stopped(why) => write!(f, "Raft has stopped: {why}"),
+        }
+    }
+}
+
 /// Appends `command` if this member is the leader and waits up to `wait` for it
 /// to be applied.
 pub(crate) async fn propose_here(
     raft: &Raft,
     command: Command,
     wait: Duration,
-) -> Result<ProposeReply, String> {
+) -> Result<ProposeReply, LocalProposeError> {
     match tokio::time::timeout(wait, raft.client_write(command)).await {
-        Err(_) => Err(format!(
-            "not committed within {wait:?}; the command may still commit"
-        )),
+        Err(_) => Err(LocalProposeError::Timeout(wait)),
         Ok(Ok(resp)) => Ok(ProposeReply::Applied(resp.data)),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+            // Either never appended here, or appended and then truncated by a newer
+            // leader: in both cases it cannot commit.
             Ok(ProposeReply::NotLeader {
                 leader: forward.leader_id,
             })
         }
-        Ok(Err(RaftError::APIError(other))) => Err(format!("proposal refused: {other}")),
-        Ok(Err(RaftError::Fatal(fatal))) => Err(format!("Raft has stopped: {fatal}")),
+        Ok(Err(RaftError::APIError(other))) => Err(LocalProposeError::Refused(other.to_string())),
+        Ok(Err(RaftError::Fatal(fatal))) => Err(LocalProposeError::Stopped(fatal.to_string())),
     }
 }

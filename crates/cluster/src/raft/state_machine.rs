@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::RaftStateMachine;
-use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -123,10 +125,7 @@ impl SnapshotStore {
         written.map_err(|e| {
             StorageIOError::write_snapshot(
                 Some(signature),
-                AnyError::error(format!(
-                    "{}: {e}",
-                    self.dir.join(SNAPSHOT_FILE).display()
-                )),
+                AnyError::error(format!("{}: {e}", self.dir.join(SNAPSHOT_FILE).display())),
             )
         })?;
         *self
@@ -140,7 +139,8 @@ impl SnapshotStore {
 fn write_atomically(dir: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = dir.join(SNAPSHOT_TMP);
     let path = dir.join(SNAPSHOT_FILE);
-    let mut file = std::fs::File::create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+    let mut file =
+        std::fs::File::create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
     file.write_all(bytes)
         .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
     file.sync_all()
@@ -203,7 +203,7 @@ impl StateMachine {
                 path: state_dir.join(SNAPSHOT_FILE),
                 message: format!("corrupt state: {e}"),
             })?;
-            sm.last_applied = stored.meta.last_log_id.clone();
+            sm.last_applied = stored.meta.last_log_id;
             sm.last_membership = stored.meta.last_membership.clone();
         }
         sm.publish();
@@ -223,7 +223,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        Ok((self.last_applied.clone(), self.last_membership.clone()))
+        Ok((self.last_applied, self.last_membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResult>, StorageError>
@@ -237,8 +237,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => ApplyResult::Applied,
                 EntryPayload::Normal(command) => self.state.apply(&command),
                 EntryPayload::Membership(membership) => {
-                    self.last_membership =
-                        StoredMembership::new(Some(entry.log_id.clone()), membership);
+                    self.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                     ApplyResult::Applied
                 }
             };
@@ -254,7 +253,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
             state: self.state.clone(),
-            last_applied: self.last_applied.clone(),
+            last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
             snapshots: self.snapshots.clone(),
         }
@@ -283,7 +282,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })
             .await?;
         self.state = state;
-        self.last_applied = meta.last_log_id.clone();
+        self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         self.publish();
         Ok(())
@@ -314,12 +313,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })?;
         let build = self.snapshots.builds.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match &self.last_applied {
-            Some(id) => format!("{}-{}-{}-{build}", id.leader_id.term, id.leader_id.node_id, id.index),
+            Some(id) => format!(
+                "{}-{}-{}-{build}",
+                id.leader_id.term, id.leader_id.node_id, id.index
+            ),
             None => format!("none-{build}"),
         };
         let stored = StoredSnapshot {
             meta: SnapshotMeta {
-                last_log_id: self.last_applied.clone(),
+                last_log_id: self.last_applied,
                 last_membership: self.last_membership.clone(),
                 snapshot_id,
             },

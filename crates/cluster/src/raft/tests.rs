@@ -83,7 +83,10 @@ async fn log_and_vote_survive_reopen_and_belong_to_one_member() {
         log.save_committed(Some(log_id(3, 7, 2))).await.unwrap();
     }
     // The observer saw every appended command, in order.
-    assert_eq!(*seen.lock().unwrap(), vec![renew(7, 1), renew(7, 2), renew(7, 3)]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![renew(7, 1), renew(7, 2), renew(7, 3)]
+    );
 
     let mut log = LogStore::open(&path, 7, Arc::new(|_: &Command| {})).unwrap();
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 7)));
@@ -132,12 +135,18 @@ async fn snapshot_file_restores_the_state_machine() {
     assert_eq!(rx.borrow().state, state);
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(1, 1, 5)));
-    let current = sm.get_current_snapshot().await.unwrap().expect("snapshot kept");
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("snapshot kept");
     assert_eq!(current.meta, snapshot.meta);
 
     std::fs::write(dir.path().join(super::SNAPSHOT_FILE), b"garbage").unwrap();
     let (tx, _rx) = watch::channel(Arc::new(AppliedState::default()));
-    let err = StateMachine::open(dir.path(), tx).err().expect("corrupt snapshot refused");
+    let err = StateMachine::open(dir.path(), tx)
+        .err()
+        .expect("corrupt snapshot refused");
     assert!(err.to_string().contains("snapshot.bin"), "{err}");
 }
 
@@ -261,7 +270,9 @@ impl Transport for MemTransport {
         let from = self.from.clone();
         Box::pin(async move {
             let Some(handler) = handler else {
-                return Err(TransportError::Unreachable(format!("node {target} is down")));
+                return Err(TransportError::Unreachable(format!(
+                    "node {target} is down"
+                )));
             };
             match tokio::time::timeout(timeout, handler.serve(from, service, body)).await {
                 Err(_) => Err(TransportError::Timeout(timeout)),
@@ -386,7 +397,10 @@ async fn three_members_elect_commit_and_forward() {
     let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
 
     // From a follower: forwarded to the leader, and the apply result comes back.
-    let r = c.node(follower).propose(renew(follower, 1), PROPOSE_WAIT).await;
+    let r = c
+        .node(follower)
+        .propose(renew(follower, 1), PROPOSE_WAIT)
+        .await;
     assert_eq!(r, Ok(ApplyResult::Applied));
     let stale = Command::ClearFailures {
         group: GroupName::new("web").unwrap(),
@@ -424,7 +438,10 @@ async fn three_members_elect_commit_and_forward() {
     assert_eq!(s.role, RaftRole::Leader);
     assert_eq!(s.voters.len(), 3);
     let f = c.node(follower).status();
-    assert!(!f.is_leader && f.has_quorum() && f.followers.is_empty(), "{f:?}");
+    assert!(
+        !f.is_leader && f.has_quorum() && f.followers.is_empty(),
+        "{f:?}"
+    );
     assert_eq!(f.leader, Some(leader));
     assert_eq!(*c.node(follower).leader_watch().borrow(), Some(leader));
 
@@ -435,7 +452,10 @@ async fn three_members_elect_commit_and_forward() {
 async fn leader_loss_elects_a_new_leader_and_a_restarted_member_resumes() {
     let mut c = MemCluster::start(&NAMES, Compaction::default()).await;
     let old_leader = c.leader().await;
-    let r = c.node(old_leader).propose(renew(old_leader, 1), PROPOSE_WAIT).await;
+    let r = c
+        .node(old_leader)
+        .propose(renew(old_leader, 1), PROPOSE_WAIT)
+        .await;
     assert_eq!(r, Ok(ApplyResult::Applied));
     let old_term = c.node(old_leader).status().term;
     let old_last_log = c.node(old_leader).status().last_log_index;
@@ -446,7 +466,10 @@ async fn leader_loss_elects_a_new_leader_and_a_restarted_member_resumes() {
     assert_ne!(new_leader, old_leader);
     let follower = *rest.iter().find(|&&id| id != new_leader).unwrap();
     for seq in 1..=5 {
-        let r = c.node(follower).propose(renew(follower, seq), PROPOSE_WAIT).await;
+        let r = c
+            .node(follower)
+            .propose(renew(follower, seq), PROPOSE_WAIT)
+            .await;
         assert_eq!(r, Ok(ApplyResult::Applied), "proposal {seq} after failover");
     }
     let s = c.node(new_leader).status();
@@ -455,12 +478,19 @@ async fn leader_loss_elects_a_new_leader_and_a_restarted_member_resumes() {
 
     // Restart the old leader cut off from the others: it comes back with its own
     // persisted term and log, not re-initialized.
-    let old_name = NAMES.iter().find(|n| MemCluster::id(n) == old_leader).unwrap();
+    let old_name = NAMES
+        .iter()
+        .find(|n| MemCluster::id(n) == old_leader)
+        .unwrap();
     c.set_cut(old_leader, true);
     c.start_node(old_name).await;
     let s = c.node(old_leader).status();
     assert_eq!(s.id, old_leader);
-    assert!(s.term >= old_term, "term went back from {old_term} to {}", s.term);
+    assert!(
+        s.term >= old_term,
+        "term went back from {old_term} to {}",
+        s.term
+    );
     assert!(s.last_log_index >= old_last_log, "log shrank: {s:?}");
     assert_eq!(s.voters.len(), 3);
     // Committed entries are re-applied from the local log without a leader.
@@ -476,7 +506,10 @@ async fn leader_loss_elects_a_new_leader_and_a_restarted_member_resumes() {
     })
     .await;
     let leader = c.leader().await;
-    let r = c.node(old_leader).propose(renew(old_leader, 2), PROPOSE_WAIT).await;
+    let r = c
+        .node(old_leader)
+        .propose(renew(old_leader, 2), PROPOSE_WAIT)
+        .await;
     assert_eq!(r, Ok(ApplyResult::Applied));
     for node in c.nodes.values() {
         wait_applied(node, "renewal from the restarted member", |st| {
@@ -499,7 +532,10 @@ async fn lagging_member_catches_up_from_a_snapshot_and_keeps_it() {
     let lagging = *c.nodes.keys().find(|&&id| id != leader).unwrap();
     c.set_cut(lagging, true);
     for seq in 1..=40 {
-        let r = c.node(leader).propose(renew(leader, seq), PROPOSE_WAIT).await;
+        let r = c
+            .node(leader)
+            .propose(renew(leader, seq), PROPOSE_WAIT)
+            .await;
         assert_eq!(r, Ok(ApplyResult::Applied), "proposal {seq}");
     }
     // The leader has compacted past what the lagging member has.
@@ -511,7 +547,10 @@ async fn lagging_member_catches_up_from_a_snapshot_and_keeps_it() {
     .await;
 
     c.set_cut(lagging, false);
-    wait_applied(c.node(lagging), "caught up", |st| last_seq(st, leader) == Some(40)).await;
+    wait_applied(c.node(lagging), "caught up", |st| {
+        last_seq(st, leader) == Some(40)
+    })
+    .await;
     eventually("the lagging member to hold a snapshot", || {
         c.node(lagging).raft().metrics().borrow().snapshot.is_some()
     })
@@ -521,10 +560,16 @@ async fn lagging_member_catches_up_from_a_snapshot_and_keeps_it() {
     // its log.
     let lagging_name = NAMES.iter().find(|n| MemCluster::id(n) == lagging).unwrap();
     c.stop_node(lagging).await;
-    assert!(c.state_dir(lagging_name).join(super::SNAPSHOT_FILE).exists());
+    assert!(c
+        .state_dir(lagging_name)
+        .join(super::SNAPSHOT_FILE)
+        .exists());
     c.set_cut(lagging, true);
     c.start_node(lagging_name).await;
-    wait_applied(c.node(lagging), "state restored", |st| last_seq(st, leader) == Some(40)).await;
+    wait_applied(c.node(lagging), "state restored", |st| {
+        last_seq(st, leader) == Some(40)
+    })
+    .await;
     c.shutdown().await;
 }
 
@@ -575,7 +620,9 @@ async fn handler_refuses_strangers_and_impersonation() {
     let vote = openraft::raft::VoteRequest::new(Vote::new(9, name("charlie").id()), None);
     let body = rpc::encode("vote", &vote).unwrap();
 
-    let r = handler.serve(name("mallory"), RAFT_VOTE, body.clone()).await;
+    let r = handler
+        .serve(name("mallory"), RAFT_VOTE, body.clone())
+        .await;
     assert!(r.unwrap_err().contains("not a member"));
     let r = handler.serve(name("bravo"), RAFT_VOTE, body.clone()).await;
     assert!(r.unwrap_err().contains("on behalf of"));
@@ -762,10 +809,16 @@ async fn three_members_over_tls_fail_over_and_rejoin() {
     let mut c = TlsCluster::start(&NAMES, &roles).await;
     let leader = c.leader().await;
     let follower = *c.members.keys().find(|&&id| id != leader).unwrap();
-    let r = c.node(follower).propose(renew(follower, 1), PROPOSE_WAIT).await;
+    let r = c
+        .node(follower)
+        .propose(renew(follower, 1), PROPOSE_WAIT)
+        .await;
     assert_eq!(r, Ok(ApplyResult::Applied));
     for m in c.members.values() {
-        wait_applied(&m.node, "forwarded renewal", |s| last_seq(s, follower) == Some(1)).await;
+        wait_applied(&m.node, "forwarded renewal", |s| {
+            last_seq(s, follower) == Some(1)
+        })
+        .await;
     }
     eventually("the leader to see acks from both followers", || {
         let s = c.node(leader).status();
@@ -780,7 +833,10 @@ async fn three_members_over_tls_fail_over_and_rejoin() {
     let new_leader = c.leader().await;
     assert_ne!(new_leader, leader);
     assert!(c.node(new_leader).status().term > old_term);
-    let r = c.node(follower).propose(renew(follower, 2), PROPOSE_WAIT).await;
+    let r = c
+        .node(follower)
+        .propose(renew(follower, 2), PROPOSE_WAIT)
+        .await;
     assert_eq!(r, Ok(ApplyResult::Applied));
 
     // The old leader comes back with its identity and state and catches up.

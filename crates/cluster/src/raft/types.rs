@@ -6,9 +6,9 @@ use std::io::Cursor;
 
 use crate::engine::state::{ApplyResult, Command};
 
-/// Member information stored in the Raft membership. Peers are dialled at the
-/// address from the current config when the member is still in it, so this copy
-/// only matters for members the config no longer lists.
+/// Member information stored in the Raft membership when the cluster is formed.
+/// Peers are always dialled at the address in the current config; this copy
+/// records what the membership was formed from.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberNode {
     pub name: String,

@@ -214,7 +214,7 @@ pub async fn run(
             }
         }
         if let Some(deadline) = shutdown_at {
-            if engine.is_done() {
+            if engine.is_done(clock.now_ms()) {
                 info!("all groups handed over");
                 break;
             }

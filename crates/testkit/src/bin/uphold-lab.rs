@@ -243,6 +243,7 @@ fn report(files: &[PathBuf]) -> Result<bool> {
     }
     let mut cells: BTreeMap<(Fault, Impl), Cell> = BTreeMap::new();
     let mut idle: BTreeMap<Impl, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut idle_secs: Option<f64> = None;
     for f in files {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
@@ -300,6 +301,7 @@ fn report(files: &[PathBuf]) -> Result<bool> {
                         .and_then(Value::as_f64)
                         .unwrap_or(f64::NAN);
                     idle.entry(imp).or_default().push((cpu, rss));
+                    idle_secs = v.get("seconds").and_then(Value::as_f64).or(idle_secs);
                 }
                 _ => {}
             }
@@ -330,7 +332,7 @@ fn report(files: &[PathBuf]) -> Result<bool> {
         println!("| {} |", row.join(" | "));
     }
     println!();
-    println!("Downtime: longest run of failed client probes (every 10 ms) after the fault. Double-held: median time ≥ 2 nodes had the VIP configured (max in parentheses). \"moved back\": after healing a partition, the VIP returned to the old owner.");
+    println!("Downtime: longest run of failed client probes (every 10 ms) after the fault. Double-held: median time ≥ 2 nodes had the VIP configured at once (max in parentheses); \"still double at end\": both still held it when observation stopped (2 s after failover), so the real figure is larger. \"moved back\": after healing the partition the old owner served again.");
     let mut parts = Vec::new();
     for imp in Impl::ALL {
         if let Some(v) = idle.get(&imp) {
@@ -348,7 +350,8 @@ fn report(files: &[PathBuf]) -> Result<bool> {
     if !parts.is_empty() {
         println!();
         println!(
-            "Idle, per node (daemon process group, 30 s): {}.",
+            "Idle, per node (daemon process group, {:.0} s): {}.",
+            idle_secs.unwrap_or(f64::NAN),
             parts.join("; ")
         );
     }
@@ -373,8 +376,10 @@ fn cell_downtime(c: &Cell) -> String {
 fn cell_double(c: &Cell) -> String {
     let mut s = c.double.clone();
     s.sort_by(f64::total_cmp);
+    // Still double-held when observation stopped: the figure is only a lower bound.
+    let lower_bound = if c.double_at_end > 0 { "≥ " } else { "" };
     let mut out = match s.last() {
-        Some(hi) => format!("{:.0} ms (max {:.0})", median(&s), hi),
+        Some(hi) => format!("{lower_bound}{:.0} ms (max {:.0})", median(&s), hi),
         None => "n/a".into(),
     };
     if c.double_at_end > 0 {
