@@ -248,7 +248,9 @@ impl Lab {
 
     /// Starts `argv` in `ns` as the leader of a new process group (its pgid is its
     /// pid), stdout and stderr appended to `log_path`. The lab kills the group on
-    /// drop; the caller should still `wait` the child to reap it.
+    /// drop; the caller should still `wait` the child to reap it. The child
+    /// enters `ns` just after the fork (inside `ip netns exec`), so it may not be
+    /// listed by [`Lab::pids_in`] the instant this returns.
     pub fn spawn_in<S: AsRef<OsStr>>(
         &self,
         ns: &str,

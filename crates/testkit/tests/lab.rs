@@ -303,7 +303,11 @@ fn spawn_in_starts_a_process_group_in_the_namespace() {
     let log = lab.dir().join("sleep.log");
     let mut child = lab.spawn_in(&ns, &["sleep", "30"], &log).expect("spawning");
     let pid = i32::try_from(child.id()).expect("pid");
-    assert!(Lab::pids_in(&ns).contains(&pid), "process is not in {ns}");
+    // `ip netns exec` enters the namespace after the fork, so this takes a moment.
+    assert!(
+        eventually(Duration::from_secs(2), || Lab::pids_in(&ns).contains(&pid)),
+        "process is not in {ns}"
+    );
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     let pgrp: i32 = stat
         .rsplit_once(')')

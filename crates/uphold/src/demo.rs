@@ -388,8 +388,16 @@ fn serve(listen: &str, node: &str) -> Result<(), String> {
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        // Read the whole request head: closing with unread bytes would reset the
+        // connection instead of delivering the answer.
+        let mut head = Vec::new();
         let mut buf = [0u8; 1024];
-        let _ = stream.read(&mut buf);
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
         let body = format!("hello from {node}\n");
         let _ = write!(
             stream,

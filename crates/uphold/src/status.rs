@@ -75,7 +75,12 @@ pub fn http_get(api: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
     stream
         .set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {api}\r\n\r\n").map_err(|e| e.to_string())?;
+    // One write: a request split over several segments can be half-read by a
+    // simple server, which then resets the connection.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {api}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut response = Vec::new();
     stream
         .take(MAX_RESPONSE)

@@ -102,6 +102,10 @@ pub struct Agent {
     groups: BTreeMap<GroupName, LocalGroup>,
     /// Releases proposed and not yet answered: group -> epoch.
     releasing: BTreeMap<GroupName, (u64, Millis)>,
+    /// Groups this node stopped and gave up at an epoch (failed monitor or start,
+    /// a move): never restarted at that epoch, and the release is retried until
+    /// the log records it.
+    given_up: BTreeMap<GroupName, (u64, ReleaseReason)>,
     state: Arc<ClusterState>,
     shutting_down: bool,
 }
@@ -119,9 +123,14 @@ impl Agent {
             lease_until: 0,
             groups: BTreeMap::new(),
             releasing: BTreeMap::new(),
+            given_up: BTreeMap::new(),
             state: Arc::new(ClusterState::default()),
             shutting_down: false,
         }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
     }
 
     pub fn lease_until(&self) -> Millis {
@@ -232,6 +241,7 @@ impl Agent {
                                 group: group.clone(),
                             });
                             if let Some(reason) = then_release {
+                                self.given_up.insert(group.clone(), (epoch, reason.clone()));
                                 self.propose_release(&group, epoch, reason, now, &mut actions);
                             }
                         }
@@ -273,6 +283,7 @@ impl Agent {
                 group: group.clone(),
                 node: self.me,
                 epoch,
+                incarnation: self.incarnation,
                 reason,
             }));
         }
@@ -303,8 +314,10 @@ impl Agent {
             let ours = gs.owner == Some(self.me) && gs.epoch == local.epoch;
             let stop = if !lease_ok || !ours {
                 Some((StopKind::Emergency, None))
-            } else if self.shutting_down || topo.group(&name).is_none() {
+            } else if self.shutting_down {
                 Some((StopKind::Orderly, Some(ReleaseReason::Shutdown)))
+            } else if topo.group(&name).is_none() {
+                Some((StopKind::Orderly, Some(ReleaseReason::NotConfigured)))
             } else if gs.move_to.is_some_and(|to| to != self.me) {
                 Some((StopKind::Orderly, Some(ReleaseReason::Moved)))
             } else {
@@ -334,9 +347,19 @@ impl Agent {
             .filter(|(_, g)| g.owner == Some(self.me))
             .map(|(name, g)| (name.clone(), g.epoch))
             .collect();
+        let state = self.state.clone();
+        self.given_up
+            .retain(|group, (epoch, _)| state.epoch_of(group) == *epoch);
         for (name, epoch) in owned {
             if self.groups.contains_key(&name) {
                 continue;
+            }
+            if let Some((given_epoch, reason)) = self.given_up.get(&name).cloned() {
+                if given_epoch == epoch {
+                    // Stopped on purpose: only the release is left to do.
+                    self.propose_release(&name, epoch, reason, now, actions);
+                    continue;
+                }
             }
             let configured = topo.group(&name).is_some();
             let move_away = self
@@ -344,8 +367,10 @@ impl Agent {
                 .group(&name)
                 .move_to
                 .is_some_and(|to| to != self.me);
-            if self.shutting_down || !configured {
+            if self.shutting_down {
                 self.propose_release(&name, epoch, ReleaseReason::Shutdown, now, actions);
+            } else if !configured {
+                self.propose_release(&name, epoch, ReleaseReason::NotConfigured, now, actions);
             } else if move_away {
                 self.propose_release(&name, epoch, ReleaseReason::Moved, now, actions);
             } else if lease_ok {

@@ -209,6 +209,8 @@ impl NodeEngine {
             }
         }
         if self.is_leader {
+            self.placement
+                .set_excluded(self.agent.is_shutting_down().then_some(self.me));
             let decided = self
                 .placement
                 .decide(&self.topo, &self.state, &self.liveness, now);

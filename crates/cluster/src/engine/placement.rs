@@ -21,11 +21,17 @@ pub struct Placement {
     /// One proposal per group at a time: group -> (epoch it targets, sent at).
     inflight: BTreeMap<GroupName, (u64, Millis)>,
     last_failure_clear: BTreeMap<GroupName, Millis>,
+    /// A node never chosen: the leader itself while it shuts down.
+    excluded: Option<NodeId>,
 }
 
 impl Placement {
     pub fn new() -> Placement {
         Placement::default()
+    }
+
+    pub fn set_excluded(&mut self, node: Option<NodeId>) {
+        self.excluded = node;
     }
 
     /// A leadership change invalidates everything in flight.
@@ -89,6 +95,7 @@ impl Placement {
             gs.owner.is_none()
                 && spec.nodes.iter().any(|n| {
                     *n != me
+                        && !state.leaving.contains(n)
                         && topo.nodes.contains(n)
                         && liveness.is_live(*n, now, topo.lease_ms)
                         && !gs.failed_on.contains(n)
@@ -125,12 +132,15 @@ impl Placement {
         topo: &Topology,
         spec: &GroupSpec,
         gs: &GroupState,
-        _state: &ClusterState,
+        state: &ClusterState,
         liveness: &Liveness,
         now: Millis,
     ) -> Option<Command> {
+        let excluded = self.excluded;
         let eligible = |node: NodeId| {
-            topo.nodes.contains(&node)
+            Some(node) != excluded
+                && !state.leaving.contains(&node)
+                && topo.nodes.contains(&node)
                 && liveness.is_live(node, now, topo.lease_ms)
                 && !gs.failed_on.contains(&node)
         };

@@ -23,6 +23,8 @@ pub enum ReleaseReason {
     Shutdown,
     /// The leader asked the group to move (failback or an admin move).
     Moved,
+    /// This node's config does not list the group (configs differ between nodes).
+    NotConfigured,
     /// A resource's monitor failed on the owner.
     MonitorFailed(String),
     /// A resource failed to start on the owner.
@@ -34,6 +36,7 @@ impl std::fmt::Display for ReleaseReason {
         match self {
             ReleaseReason::Shutdown => f.write_str("owner shut down"),
             ReleaseReason::Moved => f.write_str("released for a move"),
+            ReleaseReason::NotConfigured => f.write_str("not in the owner's config"),
             ReleaseReason::MonitorFailed(why) => write!(f, "monitor failed: {why}"),
             ReleaseReason::StartFailed(why) => write!(f, "start failed: {why}"),
         }
@@ -67,10 +70,14 @@ pub enum Command {
         owner_last_renewal: Option<RenewalId>,
     },
     /// The owner has stopped the group (all resources down) and gives it up.
+    /// Accepted only from the owner's current incarnation (that of its latest
+    /// renewal): a release sent by a daemon that has since crashed and restarted
+    /// must not take the group from the new daemon, which may be running it.
     Release {
         group: GroupName,
         node: NodeId,
         epoch: u64,
+        incarnation: u64,
         reason: ReleaseReason,
     },
     /// Ask the owner to stop the group so it can be placed on `to`.
@@ -118,6 +125,10 @@ pub struct Transition {
 pub struct ClusterState {
     pub groups: BTreeMap<GroupName, GroupState>,
     pub last_renewal: BTreeMap<NodeId, RenewalId>,
+    /// Nodes whose daemon is shutting down (it released a group for that reason):
+    /// no group is placed on them until a new run of the daemon renews.
+    #[serde(default)]
+    pub leaving: BTreeSet<NodeId>,
 }
 
 impl ClusterState {
@@ -138,7 +149,10 @@ impl ClusterState {
     pub fn apply(&mut self, command: &Command) -> ApplyResult {
         match command {
             Command::Renew { node, renewal } => {
-                self.last_renewal.insert(*node, *renewal);
+                let previous = self.last_renewal.insert(*node, *renewal);
+                if previous.is_some_and(|p| p.incarnation != renewal.incarnation) {
+                    self.leaving.remove(node);
+                }
                 ApplyResult::Applied
             }
             Command::Assign {
@@ -186,8 +200,15 @@ impl ClusterState {
                 group,
                 node,
                 epoch,
+                incarnation,
                 reason,
             } => {
+                let current = self.last_renewal.get(node).map(|r| r.incarnation);
+                if current != Some(*incarnation) {
+                    return ApplyResult::Rejected(format!(
+                        "release of group {group} by node {node} comes from an earlier run of its daemon"
+                    ));
+                }
                 let state = self.groups.entry(group.clone()).or_default();
                 if state.epoch != *epoch {
                     return stale(group, state.epoch, *epoch);
@@ -199,6 +220,9 @@ impl ClusterState {
                 }
                 if reason.is_failure() {
                     state.failed_on.insert(*node);
+                }
+                if *reason == ReleaseReason::Shutdown {
+                    self.leaving.insert(*node);
                 }
                 state.last_transition = Some(Transition {
                     from: Some(*node),

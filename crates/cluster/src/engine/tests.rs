@@ -199,12 +199,12 @@ fn restarted_agent_does_not_start_from_a_stale_view() {
 fn agent_stops_in_emergency_before_the_lease_ends() {
     let topo = topo(false);
     let mut agent = running_agent(&topo);
-    // No renewal commits after the first: lease ends at 800, margin 200.
-    let before = agent.on_event(AgentEvent::Tick, 599, &topo);
+    // No renewal commits after the first: lease ends at 800, margin 100.
+    let before = agent.on_event(AgentEvent::Tick, 699, &topo);
     assert!(!before
         .iter()
         .any(|a| matches!(a, AgentAction::StopGroup { .. })));
-    let at = agent.on_event(AgentEvent::Tick, 600, &topo);
+    let at = agent.on_event(AgentEvent::Tick, 700, &topo);
     assert!(
         at.contains(&AgentAction::StopGroup {
             group: web(),
@@ -274,8 +274,65 @@ fn agent_moves_group_away_after_monitor_failure() {
         group: web(),
         node: A,
         epoch: 1,
+        incarnation: 7,
         reason: ReleaseReason::MonitorFailed("exec web: exit 1".into()),
     })));
+}
+
+#[test]
+fn agent_does_not_restart_a_group_it_gave_up_while_the_release_is_pending() {
+    // Regression (simulation seed 26): after a failed monitor the group was
+    // stopped and released, and restarted in the same step because the log still
+    // named this node owner until the release committed.
+    let topo = topo(false);
+    let mut agent = running_agent(&topo);
+    agent.on_event(
+        AgentEvent::MonitorFailed {
+            group: web(),
+            epoch: 1,
+            reason: "down".into(),
+        },
+        100,
+        &topo,
+    );
+    let actions = agent.on_event(
+        AgentEvent::GroupStopped {
+            group: web(),
+            epoch: 1,
+        },
+        150,
+        &topo,
+    );
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, AgentAction::StartGroup { .. })),
+        "{actions:?}"
+    );
+    // The release gets no answer: it is proposed again, and the group stays down.
+    let release = Command::Release {
+        group: web(),
+        node: A,
+        epoch: 1,
+        incarnation: 7,
+        reason: ReleaseReason::MonitorFailed("down".into()),
+    };
+    let actions = agent.on_event(
+        AgentEvent::ProposalDone {
+            command: release.clone(),
+            result: None,
+        },
+        400,
+        &topo,
+    );
+    assert!(
+        actions.contains(&AgentAction::Propose(release)),
+        "{actions:?}"
+    );
+    let actions = agent.on_event(AgentEvent::Tick, 1200, &topo);
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, AgentAction::StartGroup { .. })));
 }
 
 #[test]
@@ -313,10 +370,15 @@ fn agent_hands_groups_back_on_shutdown() {
         group: web(),
         node: A,
         epoch: 1,
+        incarnation: 7,
         reason: ReleaseReason::Shutdown,
     };
     assert!(actions.contains(&AgentAction::Propose(release.clone())));
     let mut state = (*owned_by(A, 1)).clone();
+    state.apply(&Command::Renew {
+        node: A,
+        renewal: renewal(1),
+    });
     assert_eq!(state.apply(&release), ApplyResult::Applied);
     agent.on_event(AgentEvent::Applied(Arc::new(state)), 130, &topo);
     assert!(agent.is_done());
@@ -415,6 +477,29 @@ fn assign_is_refused_if_the_owner_renewed_in_between() {
     };
     assert_eq!(state.apply(&good), ApplyResult::Applied);
     assert_eq!(state.group(&web()).epoch, 2);
+}
+
+#[test]
+fn release_from_an_earlier_daemon_run_is_refused() {
+    // Regression (simulation): a release sent just before the daemon crashed
+    // committed after the restarted daemon had started the group again.
+    let mut state = (*owned_by(A, 1)).clone();
+    state.apply(&Command::Renew {
+        node: A,
+        renewal: RenewalId {
+            incarnation: 8,
+            seq: 1,
+        },
+    });
+    let stale = Command::Release {
+        group: web(),
+        node: A,
+        epoch: 1,
+        incarnation: 7,
+        reason: ReleaseReason::Shutdown,
+    };
+    assert!(matches!(state.apply(&stale), ApplyResult::Rejected(_)));
+    assert_eq!(state.owner_of(&web()), Some(A));
 }
 
 #[test]

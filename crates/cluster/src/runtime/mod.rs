@@ -25,7 +25,7 @@ use uphold_proto::rpc::RpcClient;
 
 /// How often the engine is woken when nothing else happens. Bounds how late a
 /// lease deadline or a renewal can be noticed.
-const TICK: Duration = Duration::from_millis(25);
+const TICK: Duration = Duration::from_millis(50);
 /// How long a clean shutdown may take to hand groups over before exiting anyway.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
 

@@ -13,7 +13,10 @@ pub struct LocalClock {
 
 impl LocalClock {
     pub fn new(offset_us: u64, ppm: i64) -> LocalClock {
-        assert!(ppm.abs() < 100_000, "clock rate error out of the modelled range");
+        assert!(
+            ppm.abs() < 100_000,
+            "clock rate error out of the modelled range"
+        );
         LocalClock { offset_us, ppm }
     }
 

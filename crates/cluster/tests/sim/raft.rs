@@ -58,6 +58,9 @@ pub enum Msg {
         prev_term: u64,
         entries: Vec<Entry>,
         commit: u64,
+        /// Entries up to this index arrive as part of a snapshot: the log store's
+        /// append hook does not see them.
+        snapshot_upto: u64,
     },
     AppendResp {
         term: u64,
@@ -66,7 +69,11 @@ pub enum Msg {
         idx: u64,
     },
     /// A proposal on its way to the leader.
-    Forward { origin: Origin, cmd: Command, hops: u8 },
+    Forward {
+        origin: Origin,
+        cmd: Command,
+        hops: u8,
+    },
     /// The answer to a proposal (None: not committed as far as the sender knows).
     Reply {
         inc: u64,
@@ -87,6 +94,10 @@ impl Msg {
     }
 }
 
+/// One applied entry: index, term, and the command with its result (None for
+/// a leader's blank entry).
+pub type Applied = (u64, u64, Option<(Command, ApplyResult)>);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Follower,
@@ -99,6 +110,11 @@ pub struct RaftTiming {
     pub heartbeat_ms: Millis,
     pub election_min_ms: Millis,
     pub election_max_ms: Millis,
+    /// The leader tells followers about a new commit index at once instead of
+    /// with the next heartbeat or entry (implementations differ).
+    pub eager_commit: bool,
+    /// A follower far behind gets a snapshot instead of the entries.
+    pub snapshots: bool,
 }
 
 #[derive(Debug)]
@@ -295,6 +311,11 @@ impl Raft {
     fn send_append(&self, peer: usize, out: &mut Vec<Out>) {
         let prev_idx = self.next[peer].saturating_sub(1).min(self.last_idx());
         let end = (prev_idx as usize + MAX_BATCH).min(self.log.len());
+        let snapshot_upto = if self.timing.snapshots && self.commit >= prev_idx + MAX_BATCH as u64 {
+            self.commit
+        } else {
+            0
+        };
         out.push(Out::Send(
             peer,
             Msg::Append {
@@ -303,6 +324,7 @@ impl Raft {
                 prev_term: self.term_at(prev_idx),
                 entries: self.log[prev_idx as usize..end].to_vec(),
                 commit: self.commit,
+                snapshot_upto,
             },
         ));
     }
@@ -316,6 +338,9 @@ impl Raft {
                 if count >= self.majority() {
                     self.commit = idx;
                     out.push(Out::Commit);
+                    if self.timing.eager_commit {
+                        self.broadcast(out);
+                    }
                     return;
                 }
             } else {
@@ -326,7 +351,14 @@ impl Raft {
     }
 
     /// Handles a Raft message (Forward and Reply are the caller's).
-    pub fn handle(&mut self, from: usize, msg: Msg, now: Millis, rng: &mut ChaCha8Rng, out: &mut Vec<Out>) {
+    pub fn handle(
+        &mut self,
+        from: usize,
+        msg: Msg,
+        now: Millis,
+        rng: &mut ChaCha8Rng,
+        out: &mut Vec<Out>,
+    ) {
         if let Some(term) = msg.term() {
             if term > self.term {
                 self.step_down(term, out);
@@ -339,11 +371,10 @@ impl Raft {
                 last_term,
             } => {
                 let my_last_term = self.term_at(self.last_idx());
-                let up_to_date =
-                    last_term > my_last_term || (last_term == my_last_term && last_idx >= self.last_idx());
-                let granted = term == self.term
-                    && up_to_date
-                    && self.voted_for.is_none_or(|v| v == from);
+                let up_to_date = last_term > my_last_term
+                    || (last_term == my_last_term && last_idx >= self.last_idx());
+                let granted =
+                    term == self.term && up_to_date && self.voted_for.is_none_or(|v| v == from);
                 if granted {
                     self.voted_for = Some(from);
                     self.reset_election(now, rng);
@@ -370,6 +401,7 @@ impl Raft {
                 prev_term,
                 entries,
                 commit,
+                snapshot_upto,
             } => {
                 if term < self.term {
                     out.push(Out::Send(
@@ -417,7 +449,9 @@ impl Raft {
                         self.log.truncate((idx - 1) as usize);
                     }
                     if let Payload::Cmd(cmd) = &entry.payload {
-                        out.push(Out::Appended(cmd.clone()));
+                        if idx > snapshot_upto {
+                            out.push(Out::Appended(cmd.clone()));
+                        }
                     }
                     self.log.push(entry);
                 }
@@ -457,7 +491,7 @@ impl Raft {
 
     /// Applies every committed entry not yet applied, in log order. Returns the
     /// applied (index, term, command, result) for the world's checks.
-    pub fn apply(&mut self, out: &mut Vec<Out>) -> Vec<(u64, u64, Option<(Command, ApplyResult)>)> {
+    pub fn apply(&mut self, out: &mut Vec<Out>) -> Vec<Applied> {
         let mut done = Vec::new();
         while self.applied < self.commit {
             self.applied += 1;

@@ -15,7 +15,8 @@ use super::raft::{Msg, Origin, Out, Raft, RaftTiming, Role};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use uphold_cluster::engine::{
@@ -63,6 +64,8 @@ pub struct SimConfig {
     pub max_ppm: i64,
     /// Clock rate error per member at the first boot.
     pub ppm: Vec<i64>,
+    /// Per member: when its machine first boots (ms of virtual time).
+    pub boot_at_ms: Vec<u64>,
 }
 
 impl SimConfig {
@@ -104,15 +107,38 @@ pub enum Fault {
     CrashMachine(usize),
     BootMachine(usize),
     /// Cut the listed directed links (from, to).
-    Partition { id: u64, cuts: Vec<(usize, usize)> },
+    Partition {
+        id: u64,
+        cuts: Vec<(usize, usize)>,
+    },
     HealPartition(u64),
     Pause(usize),
     Resume(usize),
-    Loss { id: u64, p: f64 },
+    Loss {
+        id: u64,
+        p: f64,
+    },
     LossEnd(u64),
-    Delay { id: u64, extra_us: u64 },
+    Delay {
+        id: u64,
+        extra_us: u64,
+    },
     DelayEnd(u64),
-    MonitorFail { m: usize, g: usize },
+    /// Messages sent from `from` to `to` take `extra_us` longer (a TCP
+    /// connection stuck in retransmission), until `SlowLinkEnd`.
+    SlowLink {
+        id: u64,
+        from: usize,
+        to: usize,
+        extra_us: u64,
+    },
+    SlowLinkEnd(u64),
+    MonitorFail {
+        m: usize,
+        g: usize,
+    },
+    /// SIGTERM: the daemon hands its groups over and exits (restarted later).
+    Shutdown(usize),
     /// End of the fault phase: everything up, connected, resumed; start the
     /// liveness checks.
     HealAll,
@@ -120,9 +146,21 @@ pub enum Fault {
 
 #[derive(Clone, Debug)]
 enum Step {
-    StartDone { epoch: u64, result: Result<(), String> },
-    StopDeact { epoch: u64 },
-    StopDone { epoch: u64 },
+    StartDone {
+        epoch: u64,
+        result: Result<(), String>,
+        gen: u64,
+    },
+    StopDeact {
+        epoch: u64,
+    },
+    StopDone {
+        epoch: u64,
+    },
+    Monitor {
+        epoch: u64,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -133,13 +171,46 @@ enum Check {
 
 #[derive(Clone, Debug)]
 enum Ev {
-    Deliver { from: usize, to: usize, msg: Msg },
-    RaftTick { m: usize, inc: u64, gen: u64 },
-    EngineTick { m: usize, inc: u64, gen: u64 },
-    ApplyDue { m: usize, inc: u64 },
-    ProposalTimeout { m: usize, inc: u64, token: u64 },
-    Exec { m: usize, inc: u64, g: usize, step: Step },
-    GuardDeadline { m: usize, boot: u64, g: usize, until: Millis },
+    Deliver {
+        from: usize,
+        to: usize,
+        msg: Msg,
+    },
+    RaftTick {
+        m: usize,
+        inc: u64,
+        gen: u64,
+    },
+    EngineTick {
+        m: usize,
+        inc: u64,
+        gen: u64,
+    },
+    ApplyDue {
+        m: usize,
+        inc: u64,
+    },
+    ProposalTimeout {
+        m: usize,
+        inc: u64,
+        token: u64,
+    },
+    Exec {
+        m: usize,
+        inc: u64,
+        g: usize,
+        step: Step,
+    },
+    Signal {
+        m: usize,
+        inc: u64,
+    },
+    GuardDeadline {
+        m: usize,
+        boot: u64,
+        g: usize,
+        until: Millis,
+    },
     Fault(Fault),
     Check(Check),
 }
@@ -153,9 +224,35 @@ impl Ev {
             | Ev::EngineTick { m, inc, .. }
             | Ev::ApplyDue { m, inc }
             | Ev::ProposalTimeout { m, inc, .. }
-            | Ev::Exec { m, inc, .. } => Some((*m, Some(*inc))),
+            | Ev::Exec { m, inc, .. }
+            | Ev::Signal { m, inc } => Some((*m, Some(*inc))),
             Ev::GuardDeadline { .. } | Ev::Fault(_) | Ev::Check(_) => None,
         }
+    }
+}
+
+/// A queued event, ordered so that the heap pops the earliest (time, insertion).
+#[derive(Debug)]
+struct Queued {
+    at: u64,
+    seq: u64,
+    ev: Box<Ev>,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Queued) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Queued) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Queued) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
     }
 }
 
@@ -169,6 +266,10 @@ enum Op {
 struct Exec {
     ops: VecDeque<Op>,
     busy: bool,
+    /// The start in progress, if the current operation is one.
+    starting: bool,
+    /// Bumped when a start is aborted, so its completion is ignored.
+    gen: u64,
     /// Started successfully and no stop asked since: monitors run.
     running: Option<u64>,
     /// When the resources were found gone while running (the guard removed them).
@@ -188,6 +289,8 @@ pub struct Daemon {
     exec: Vec<Exec>,
     apply_scheduled: bool,
     tick_gen: u64,
+    /// SIGTERM received at this local time: hand over, then exit.
+    shutdown_since: Option<Millis>,
 }
 
 #[derive(Debug)]
@@ -245,6 +348,7 @@ pub struct FailoverSample {
     pub clean: bool,
     /// The crashed owner was also the Raft leader.
     pub leader: bool,
+    pub lease_ms: Millis,
 }
 
 #[derive(Clone, Debug)]
@@ -276,7 +380,7 @@ pub struct World {
     pub rng: ChaCha8Rng,
     pub now: u64,
     seq: u64,
-    queue: BTreeMap<(u64, u64), Ev>,
+    queue: BinaryHeap<Queued>,
     pub members: Vec<Member>,
     pub topo: Topology,
     pub groups: Vec<GroupName>,
@@ -286,6 +390,7 @@ pub struct World {
     partitions: BTreeMap<u64, Vec<(usize, usize)>>,
     loss_bursts: BTreeMap<u64, f64>,
     delay_bursts: BTreeMap<u64, u64>,
+    slow_links: BTreeMap<u64, (usize, usize, u64)>,
     next_id: u64,
     inbox: VecDeque<(usize, u64, Event)>,
     ring: VecDeque<TraceRec>,
@@ -307,13 +412,21 @@ pub struct World {
 impl World {
     pub fn new(seed: u64, cfg: SimConfig, mut rng: ChaCha8Rng, full_trace: bool) -> World {
         let n = cfg.voters;
-        let node_ids: Vec<NodeId> = cfg.nodes().iter().map(|m| node_id_for(&cfg.member_name(*m))).collect();
+        let node_ids: Vec<NodeId> = cfg
+            .nodes()
+            .iter()
+            .map(|m| node_id_for(&cfg.member_name(*m)))
+            .collect();
         let specs: Vec<GroupSpec> = cfg
             .groups
             .iter()
             .map(|g| GroupSpec {
                 name: GroupName::new(g.name.clone()).expect("valid group name"),
-                nodes: g.nodes.iter().map(|m| node_id_for(&cfg.member_name(*m))).collect(),
+                nodes: g
+                    .nodes
+                    .iter()
+                    .map(|m| node_id_for(&cfg.member_name(*m)))
+                    .collect(),
                 failback: g.failback,
             })
             .collect();
@@ -351,13 +464,14 @@ impl World {
             rng,
             now: 0,
             seq: 0,
-            queue: BTreeMap::new(),
+            queue: BinaryHeap::new(),
             members,
             topo,
             groups,
             partitions: BTreeMap::new(),
             loss_bursts: BTreeMap::new(),
             delay_bursts: BTreeMap::new(),
+            slow_links: BTreeMap::new(),
             next_id: 1,
             inbox: VecDeque::new(),
             ring: VecDeque::new(),
@@ -372,9 +486,14 @@ impl World {
             settle_ms,
         };
         for m in 0..n {
-            world.members[m].machine_up = true;
-            world.members[m].boot = 1;
-            world.start_daemon(m);
+            match world.cfg.boot_at_ms.get(m).copied().unwrap_or(0) {
+                0 => {
+                    world.members[m].machine_up = true;
+                    world.members[m].boot = 1;
+                    world.start_daemon(m);
+                }
+                at => world.schedule(at * MS, Ev::Fault(Fault::BootMachine(m))),
+            }
         }
         world
     }
@@ -390,7 +509,9 @@ impl World {
     }
 
     pub fn holders(&self, g: usize) -> Vec<usize> {
-        (0..self.members.len()).filter(|m| self.active[g][*m]).collect()
+        (0..self.members.len())
+            .filter(|m| self.active[g][*m])
+            .collect()
     }
 
     /// The group is on exactly one node and started there successfully.
@@ -431,11 +552,67 @@ impl World {
             .and_then(|id| self.member_of(id))
     }
 
+    /// When and why the group's resources went down on `m` (full-trace mode).
+    pub fn deactivations(&self, m: usize, g: usize) -> Vec<(u64, &'static str)> {
+        let name = self.groups[g].to_string();
+        self.full_trace
+            .iter()
+            .flatten()
+            .filter(|r| r.member == Some(m))
+            .filter_map(|r| match &r.what {
+                Tr::Active {
+                    group,
+                    on: false,
+                    why,
+                } if *group == name => Some((r.t_us, *why)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// When the group's resources came up on `m` (full-trace mode).
+    pub fn activations(&self, m: usize, g: usize) -> Vec<u64> {
+        let name = self.groups[g].to_string();
+        self.full_trace
+            .iter()
+            .flatten()
+            .filter(|r| r.member == Some(m))
+            .filter_map(|r| match &r.what {
+                Tr::Active {
+                    group, on: true, ..
+                } if *group == name => Some(r.t_us),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// When `m`'s daemon exited after a SIGTERM (full-trace mode).
+    pub fn exits(&self, m: usize) -> Vec<u64> {
+        self.full_trace
+            .iter()
+            .flatten()
+            .filter(|r| r.member == Some(m))
+            .filter(|r| matches!(&r.what, Tr::Engine(text) if text.starts_with("daemon exits")))
+            .map(|r| r.t_us)
+            .collect()
+    }
+
+    /// Test of the checker itself: brings a group up on `m` behind the
+    /// engine's back, as a broken engine would.
+    pub fn rogue_activation(&mut self, g: usize, m: usize) -> Option<String> {
+        self.set_active(g, m, true, "rogue activation (checker self-test)");
+        self.violation.clone()
+    }
+
     // ----- scheduling -----
 
     fn schedule(&mut self, at: u64, ev: Ev) {
         self.seq += 1;
-        self.queue.insert((at.max(self.now), self.seq), ev);
+        self.queue.push(Queued {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev: Box::new(ev),
+        });
     }
 
     /// Schedules a fault at an absolute virtual time in milliseconds.
@@ -476,19 +653,30 @@ impl World {
             if let Some(v) = &self.violation {
                 return Err(v.clone());
             }
-            let Some((&(t, s), _)) = self.queue.first_key_value() else {
+            let Some(next) = self.queue.peek() else {
                 self.now = self.now.max(until_us);
                 return Ok(None);
             };
-            if t > until_us {
+            if next.at > until_us {
                 self.now = until_us;
                 return Ok(None);
             }
-            let ev = self.queue.remove(&(t, s)).expect("queued event");
-            self.now = t;
+            let next = self.queue.pop().expect("queued event");
+            self.now = next.at;
+            let ev = *next.ev;
             self.obs.events += 1;
             self.dispatch(ev);
             self.drain_inbox();
+            // The executor checks after every event whether a shutdown is complete.
+            for m in 0..self.members.len() {
+                let running = self.members[m]
+                    .daemon
+                    .as_ref()
+                    .is_some_and(|d| d.shutdown_since.is_some() && !d.paused);
+                if running {
+                    self.maybe_exit(m);
+                }
+            }
             self.track_liveness();
             if let Some(v) = &self.violation {
                 return Err(v.clone());
@@ -545,7 +733,11 @@ impl World {
         match ev {
             Ev::Deliver { from, msg, .. } => match msg {
                 Msg::Forward { origin, cmd, hops } => self.handle_forward(m, origin, cmd, hops),
-                Msg::Reply { inc: for_inc, token, result } => {
+                Msg::Reply {
+                    inc: for_inc,
+                    token,
+                    result,
+                } => {
                     if for_inc == inc {
                         self.proposal_done(m, token, result);
                     }
@@ -553,7 +745,9 @@ impl World {
                 raft_msg => {
                     let now = self.local(m);
                     let mut out = Vec::new();
-                    self.members[m].raft.handle(from, raft_msg, now, &mut self.rng, &mut out);
+                    self.members[m]
+                        .raft
+                        .handle(from, raft_msg, now, &mut self.rng, &mut out);
                     self.process_outs(m, out);
                 }
             },
@@ -562,19 +756,24 @@ impl World {
                 let mut out = Vec::new();
                 self.members[m].raft.tick(now, &mut self.rng, &mut out);
                 self.process_outs(m, out);
-                let next = self.members[m].clock.real_at(now + self.cfg.raft_tick_ms, self.now);
+                let next = self.members[m]
+                    .clock
+                    .real_at(now + self.cfg.raft_tick_ms, self.now);
                 self.schedule(next, Ev::RaftTick { m, inc, gen });
             }
             Ev::EngineTick { gen, .. } => {
                 self.run_monitors(m);
                 self.feed(m, Event::Tick);
                 let now = self.local(m);
-                let next = self.members[m].clock.real_at(now + self.cfg.engine_tick_ms, self.now);
+                let next = self.members[m]
+                    .clock
+                    .real_at(now + self.cfg.engine_tick_ms, self.now);
                 self.schedule(next, Ev::EngineTick { m, inc, gen });
             }
             Ev::ApplyDue { .. } => self.apply_committed(m),
             Ev::ProposalTimeout { token, .. } => self.proposal_done(m, token, None),
             Ev::Exec { g, step, .. } => self.exec_step(m, g, step),
+            Ev::Signal { .. } => self.feed(m, Event::Shutdown),
             Ev::GuardDeadline { .. } | Ev::Fault(_) | Ev::Check(_) => {}
         }
     }
@@ -672,7 +871,15 @@ impl World {
             self.route_proposal(m, origin, cmd, hops);
         } else if let Some(leader) = raft.leader.filter(|l| *l != m && hops < 3) {
             // Stands for "not leader, try this one" and the proposer's retry.
-            self.send(m, leader, Msg::Forward { origin, cmd, hops: hops + 1 });
+            self.send(
+                m,
+                leader,
+                Msg::Forward {
+                    origin,
+                    cmd,
+                    hops: hops + 1,
+                },
+            );
         } else {
             self.send(
                 m,
@@ -699,7 +906,8 @@ impl World {
                     result: result.clone(),
                 },
             );
-            self.inbox.push_back((m, inc, Event::ProposalDone { token, result }));
+            self.inbox
+                .push_back((m, inc, Event::ProposalDone { token, result }));
         }
     }
 
@@ -721,7 +929,11 @@ impl World {
                     "raft model: member {m} applied a different entry at index {idx}"
                 );
             } else {
-                assert_eq!(i, self.committed_terms.len(), "raft model: applied out of order");
+                assert_eq!(
+                    i,
+                    self.committed_terms.len(),
+                    "raft model: applied out of order"
+                );
                 self.committed_terms.push(term);
                 if let Some((cmd, result)) = cmd {
                     self.trace(Some(m), Tr::Commit { idx, cmd, result });
@@ -754,7 +966,9 @@ impl World {
                 continue;
             }
             match &event {
-                Event::GroupStarted { .. } | Event::GroupStopped { .. } | Event::MonitorFailed { .. } => {
+                Event::GroupStarted { .. }
+                | Event::GroupStopped { .. }
+                | Event::MonitorFailed { .. } => {
                     let text = format!("{event:?}");
                     self.trace(Some(m), Tr::Engine(text));
                 }
@@ -777,6 +991,9 @@ impl World {
 
     fn perform(&mut self, m: usize, action: Action) {
         self.trace(Some(m), Tr::Action(action.clone()));
+        if let Action::Propose { command, .. } = &action {
+            self.maybe_trigger(m, command);
+        }
         let inc = self.daemon_inc(m);
         let now = self.local(m);
         match action {
@@ -787,13 +1004,20 @@ impl World {
                     d.pending.insert(token, command.clone());
                 }
                 self.schedule(at, Ev::ProposalTimeout { m, inc, token });
-                let origin = Origin { member: m, inc, token };
+                let origin = Origin {
+                    member: m,
+                    inc,
+                    token,
+                };
                 self.route_proposal(m, origin, command, 0);
             }
             Action::StartGroup { group, epoch } => {
                 let g = self.group_index(&group);
                 if self.members[m].witness {
-                    self.fail(format!("group {group} started on witness {}", self.members[m].name), &[m]);
+                    self.fail(
+                        format!("group {group} started on witness {}", self.members[m].name),
+                        &[m],
+                    );
                     return;
                 }
                 let d = self.members[m].daemon.as_mut().expect("daemon");
@@ -804,8 +1028,16 @@ impl World {
             Action::StopGroup { group, epoch, kind } => {
                 let g = self.group_index(&group);
                 let d = self.members[m].daemon.as_mut().expect("daemon");
-                d.exec[g].running = None;
-                d.exec[g].ops.push_back(Op::Stop { epoch, kind });
+                let exec = &mut d.exec[g];
+                exec.running = None;
+                if exec.starting {
+                    // The executor aborts a start in progress (it never reports)
+                    // and stops at once.
+                    exec.starting = false;
+                    exec.busy = false;
+                    exec.gen += 1;
+                }
+                exec.ops.push_back(Op::Stop { epoch, kind });
                 self.pump(m, g);
             }
             Action::GuardHold { group, until } => {
@@ -839,6 +1071,7 @@ impl World {
             return;
         };
         exec.busy = true;
+        let gen = exec.gen;
         match op {
             Op::Start { epoch } => {
                 let guard = self.members[m].guard[g];
@@ -870,9 +1103,14 @@ impl World {
                     }
                     Some(_) => self.set_active(g, m, true, "start began"),
                 }
+                if let Some(d) = self.members[m].daemon.as_mut() {
+                    d.exec[g].starting = true;
+                }
                 let (lo, hi) = self.cfg.start_us;
                 let delay = self.rng.gen_range(lo..=hi);
-                let fail = self.injections && self.cfg.start_fail_prob > 0.0 && self.rng.gen_bool(self.cfg.start_fail_prob);
+                let fail = self.injections
+                    && self.cfg.start_fail_prob > 0.0
+                    && self.rng.gen_bool(self.cfg.start_fail_prob);
                 let result = if fail {
                     Err("injected start failure".to_string())
                 } else {
@@ -884,7 +1122,7 @@ impl World {
                         m,
                         inc,
                         g,
-                        step: Step::StartDone { epoch, result },
+                        step: Step::StartDone { epoch, result, gen },
                     },
                 );
             }
@@ -911,10 +1149,14 @@ impl World {
         let inc = self.daemon_inc(m);
         let group = self.groups[g].clone();
         match step {
-            Step::StartDone { epoch, result } => {
+            Step::StartDone { epoch, result, gen } => {
                 let d = self.members[m].daemon.as_mut().expect("daemon");
                 let exec = &mut d.exec[g];
+                if exec.gen != gen {
+                    return;
+                }
                 exec.busy = false;
+                exec.starting = false;
                 if result.is_ok() && exec.ops.is_empty() {
                     exec.running = Some(epoch);
                     exec.monitor_reported = false;
@@ -923,7 +1165,14 @@ impl World {
                         self.record_restored(g);
                     }
                 }
-                self.feed(m, Event::GroupStarted { group, epoch, result });
+                self.feed(
+                    m,
+                    Event::GroupStarted {
+                        group,
+                        epoch,
+                        result,
+                    },
+                );
                 self.pump(m, g);
             }
             Step::StopDeact { epoch } => {
@@ -938,6 +1187,20 @@ impl World {
                         step: Step::StopDone { epoch },
                     },
                 );
+            }
+            Step::Monitor { epoch, reason } => {
+                let d = self.members[m].daemon.as_mut().expect("daemon");
+                if d.exec[g].running == Some(epoch) {
+                    d.exec[g].monitor_reported = true;
+                    self.feed(
+                        m,
+                        Event::MonitorFailed {
+                            group,
+                            epoch,
+                            reason,
+                        },
+                    );
+                }
             }
             Step::StopDone { epoch } => {
                 let d = self.members[m].daemon.as_mut().expect("daemon");
@@ -1011,14 +1274,20 @@ impl World {
         }
         if self.members[m].witness {
             self.fail(
-                format!("group {} active on witness {}", self.groups[g], self.members[m].name),
+                format!(
+                    "group {} active on witness {}",
+                    self.groups[g], self.members[m].name
+                ),
                 &[m],
             );
             return;
         }
         let holders = self.holders(g);
         if holders.len() > 1 {
-            let names: Vec<String> = holders.iter().map(|h| self.members[*h].name.clone()).collect();
+            let names: Vec<String> = holders
+                .iter()
+                .map(|h| self.members[*h].name.clone())
+                .collect();
             self.fail(
                 format!(
                     "SPLIT BRAIN: group {} active on {} at once",
@@ -1040,6 +1309,7 @@ impl World {
                     ms: (now - p.since) as f64 / MS as f64,
                     clean: p.clean,
                     leader: p.leader,
+                    lease_ms: self.cfg.lease_ms,
                 });
             } else {
                 i += 1;
@@ -1061,7 +1331,9 @@ impl World {
         let relevant: Vec<&TraceRec> = self
             .ring
             .iter()
-            .filter(|r| !is_renewal(&r.what) || renewal_of(&r.what).is_some_and(|n| wanted.contains(&n)))
+            .filter(|r| {
+                !is_renewal(&r.what) || renewal_of(&r.what).is_some_and(|n| wanted.contains(&n))
+            })
             .collect();
         let skip = relevant.len().saturating_sub(60);
         for rec in relevant.into_iter().skip(skip) {
@@ -1082,7 +1354,12 @@ impl World {
             .iter()
             .map(|g| {
                 let nodes: Vec<String> = g.nodes.iter().map(|m| c.member_name(*m)).collect();
-                format!("{}[{}]{}", g.name, nodes.join(">"), if g.failback { " failback" } else { "" })
+                format!(
+                    "{}[{}]{}",
+                    g.name,
+                    nodes.join(">"),
+                    if g.failback { " failback" } else { "" }
+                )
             })
             .collect();
         let ids: Vec<String> = self
@@ -1134,10 +1411,16 @@ impl World {
             Tr::Fault(s) => format!("FAULT {s}"),
             Tr::Action(a) => format!("action {}", self.names(&format!("{a:?}"))),
             Tr::Done { cmd, result } => {
-                format!("proposal done {} -> {result:?}", self.names(&format!("{cmd:?}")))
+                format!(
+                    "proposal done {} -> {result:?}",
+                    self.names(&format!("{cmd:?}"))
+                )
             }
             Tr::Commit { idx, cmd, result } => {
-                format!("commit #{idx} {} -> {result:?}", self.names(&format!("{cmd:?}")))
+                format!(
+                    "commit #{idx} {} -> {result:?}",
+                    self.names(&format!("{cmd:?}"))
+                )
             }
             Tr::Leader { leading, term } => {
                 if *leading {
@@ -1147,7 +1430,10 @@ impl World {
                 }
             }
             Tr::Active { group, on, why } => {
-                format!("{group} {} ({why})", if *on { "ACTIVE" } else { "inactive" })
+                format!(
+                    "{group} {} ({why})",
+                    if *on { "ACTIVE" } else { "inactive" }
+                )
             }
             Tr::Engine(s) => format!("event {}", self.names(s)),
         };
@@ -1169,9 +1455,17 @@ impl World {
     }
 
     pub fn dump_trace(&self) -> String {
+        self.dump_trace_since(0)
+    }
+
+    /// The full trace from real time `since_us` on, without renewals.
+    pub fn dump_trace_since(&self, since_us: u64) -> String {
         let mut out = String::new();
         if let Some(full) = &self.full_trace {
-            for rec in full {
+            for rec in full
+                .iter()
+                .filter(|r| r.t_us >= since_us && !is_renewal(&r.what))
+            {
                 let _ = writeln!(out, "{}", self.format_rec(rec));
             }
         }
@@ -1214,6 +1508,11 @@ impl World {
         if let Some(extra) = self.delay_bursts.values().copied().max() {
             delay += self.rng.gen_range(0..=extra);
         }
+        for (a, b, extra) in self.slow_links.values() {
+            if (*a, *b) == (from, to) {
+                delay += extra;
+            }
+        }
         if self.cfg.slow_msg_prob > 0.0 && self.rng.gen_bool(self.cfg.slow_msg_prob) {
             delay += self.rng.gen_range(20 * MS..=300 * MS);
         }
@@ -1239,6 +1538,7 @@ impl World {
             exec: (0..self.groups.len()).map(|_| Exec::default()).collect(),
             apply_scheduled: false,
             tick_gen: 0,
+            shutdown_since: None,
         });
         self.start_ticks(m);
     }
@@ -1292,8 +1592,8 @@ impl World {
     fn apply_fault(&mut self, fault: Fault) {
         if !matches!(fault, Fault::Next) {
             self.obs.faults += 1;
-            let text = self.names(&format!("{fault:?}"));
-            self.trace(None, Tr::Fault(self.member_names_in(&text)));
+            let text = self.fault_text(&fault);
+            self.trace(None, Tr::Fault(text));
             let crash = matches!(fault, Fault::CrashDaemon(_) | Fault::CrashMachine(_));
             let noop = self.fault_is_noop(&fault);
             if !noop || crash {
@@ -1358,35 +1658,46 @@ impl World {
             Fault::DelayEnd(id) => {
                 self.delay_bursts.remove(&id);
             }
+            Fault::SlowLink {
+                id,
+                from,
+                to,
+                extra_us,
+            } => {
+                self.slow_links.insert(id, (from, to, extra_us));
+            }
+            Fault::SlowLinkEnd(id) => {
+                self.slow_links.remove(&id);
+            }
             Fault::MonitorFail { m, g } => {
-                let epoch = self.members[m]
+                let running = self.members[m]
                     .daemon
                     .as_ref()
-                    .and_then(|d| d.exec[g].running);
-                if let Some(epoch) = epoch {
-                    let group = self.groups[g].clone();
-                    let d = self.members[m].daemon.as_mut().expect("daemon");
-                    d.exec[g].monitor_reported = true;
-                    let event = Event::MonitorFailed {
-                        group,
-                        epoch,
-                        reason: "injected monitor failure".into(),
-                    };
-                    if d.paused {
-                        // The monitor's report waits in the channel like anything else.
-                        let inc = d.inc;
-                        d.queue.push(Ev::Exec {
+                    .and_then(|d| d.exec[g].running.map(|epoch| (d.inc, epoch)));
+                if let Some((inc, epoch)) = running {
+                    // Through the queue, so a paused daemon sees it on resume.
+                    self.schedule(
+                        self.now,
+                        Ev::Exec {
                             m,
                             inc,
                             g,
-                            step: Step::StartDone {
-                                epoch: u64::MAX,
-                                result: Ok(()),
+                            step: Step::Monitor {
+                                epoch,
+                                reason: "injected monitor failure".into(),
                             },
-                        });
-                        d.queue.pop();
-                    } else {
-                        self.feed(m, event);
+                        },
+                    );
+                }
+            }
+            Fault::Shutdown(m) => {
+                let now = self.local(m);
+                if let Some(d) = self.members[m].daemon.as_mut() {
+                    if d.shutdown_since.is_none() {
+                        d.shutdown_since = Some(now);
+                        let inc = d.inc;
+                        // Through the daemon's queue: a paused daemon sees it on resume.
+                        self.schedule(self.now, Ev::Signal { m, inc });
                     }
                 }
             }
@@ -1394,20 +1705,98 @@ impl World {
         }
     }
 
+    /// After a SIGTERM: exit once the engine has handed everything over, or at
+    /// the executor's deadline; the executor takes down whatever is left.
+    fn maybe_exit(&mut self, m: usize) {
+        let now = self.local(m);
+        let Some(d) = self.members[m].daemon.as_ref() else {
+            return;
+        };
+        let Some(since) = d.shutdown_since else {
+            return;
+        };
+        if !d.engine.is_done(now) && now < since + 15_000 {
+            return;
+        }
+        self.trace(
+            Some(m),
+            Tr::Engine(format!(
+                "daemon exits after SIGTERM (handed over: {})",
+                d.engine.is_done(now)
+            )),
+        );
+        for g in 0..self.groups.len() {
+            if self.active[g][m] {
+                self.set_active(g, m, false, "clean exit: executor stops everything");
+            }
+        }
+        let member = &mut self.members[m];
+        member.guard.iter_mut().for_each(|x| *x = None);
+        member.daemon = None;
+        member.raft.role = Role::Follower;
+        let back = self.now + self.rng.gen_range(100..=3000) * MS;
+        self.schedule(back, Ev::Fault(Fault::RestartDaemon(m)));
+    }
+
     fn fault_is_noop(&self, fault: &Fault) -> bool {
         match fault {
-            Fault::RestartDaemon(m) => !self.members[*m].machine_up || self.members[*m].daemon.is_some(),
+            Fault::RestartDaemon(m) => {
+                !self.members[*m].machine_up || self.members[*m].daemon.is_some()
+            }
             Fault::BootMachine(m) => self.members[*m].machine_up,
             Fault::HealPartition(id) => !self.partitions.contains_key(id),
             Fault::Resume(m) => !self.members[*m].daemon.as_ref().is_some_and(|d| d.paused),
             Fault::LossEnd(id) => !self.loss_bursts.contains_key(id),
             Fault::DelayEnd(id) => !self.delay_bursts.contains_key(id),
+            Fault::SlowLinkEnd(id) => !self.slow_links.contains_key(id),
             _ => false,
         }
     }
 
-    fn member_names_in(&self, text: &str) -> String {
-        text.to_string()
+    fn fault_text(&self, fault: &Fault) -> String {
+        let name = |m: &usize| self.members[*m].name.clone();
+        let links = |cuts: &Vec<(usize, usize)>| {
+            cuts.iter()
+                .map(|(a, b)| format!("{}->{}", name(a), name(b)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        match fault {
+            Fault::Next => "next".into(),
+            Fault::CrashDaemon(m) => format!("crash daemon {}", name(m)),
+            Fault::RestartDaemon(m) => format!("restart daemon {}", name(m)),
+            Fault::CrashMachine(m) => format!("crash machine {}", name(m)),
+            Fault::BootMachine(m) => format!("boot machine {}", name(m)),
+            Fault::Partition { id, cuts } => format!("partition #{id}: cut {}", links(cuts)),
+            Fault::HealPartition(id) => format!("heal partition #{id}"),
+            Fault::Pause(m) => format!("pause daemon {}", name(m)),
+            Fault::Resume(m) => format!("resume daemon {}", name(m)),
+            Fault::Loss { id, p } => format!("loss burst #{id}: {p:.2}"),
+            Fault::LossEnd(id) => format!("loss burst #{id} ends"),
+            Fault::Delay { id, extra_us } => {
+                format!("delay burst #{id}: up to +{} ms", extra_us / MS)
+            }
+            Fault::DelayEnd(id) => format!("delay burst #{id} ends"),
+            Fault::SlowLink {
+                id,
+                from,
+                to,
+                extra_us,
+            } => {
+                format!(
+                    "slow link #{id}: {}->{} +{} ms",
+                    name(from),
+                    name(to),
+                    extra_us / MS
+                )
+            }
+            Fault::SlowLinkEnd(id) => format!("slow link #{id} ends"),
+            Fault::MonitorFail { m, g } => {
+                format!("monitor of {} fails on {}", self.groups[*g], name(m))
+            }
+            Fault::Shutdown(m) => format!("SIGTERM to daemon {}", name(m)),
+            Fault::HealAll => "heal everything".into(),
+        }
     }
 
     fn resume(&mut self, m: usize) {
@@ -1433,12 +1822,16 @@ impl World {
     fn heal_all(&mut self) {
         self.plan = None;
         self.injections = false;
+        // A healed network still delays, but loses nothing.
+        self.cfg.net_loss = 0.0;
+        self.cfg.slow_msg_prob = 0.0;
         for row in &mut self.cut {
             row.iter_mut().for_each(|c| *c = 0);
         }
         self.partitions.clear();
         self.loss_bursts.clear();
         self.delay_bursts.clear();
+        self.slow_links.clear();
         for m in 0..self.members.len() {
             if !self.members[m].machine_up {
                 self.apply_fault(Fault::BootMachine(m));
@@ -1450,7 +1843,10 @@ impl World {
         }
         self.obs.heal_at = Some(self.now);
         self.obs.up_after_heal = vec![None; self.groups.len()];
-        self.schedule(self.now + self.liveness_bound_ms * MS, Ev::Check(Check::LivenessDeadline));
+        self.schedule(
+            self.now + self.liveness_bound_ms * MS,
+            Ev::Check(Check::LivenessDeadline),
+        );
         let final_at = self.now + (self.liveness_bound_ms + self.settle_ms) * MS;
         self.obs.final_at = Some(final_at);
         self.schedule(final_at, Ev::Check(Check::Final));
@@ -1497,7 +1893,11 @@ impl World {
                         self.schedule(final_at, Ev::Check(Check::Final));
                         return;
                     }
-                    let holders: Vec<String> = self.holders(g).iter().map(|m| self.members[*m].name.clone()).collect();
+                    let holders: Vec<String> = self
+                        .holders(g)
+                        .iter()
+                        .map(|m| self.members[*m].name.clone())
+                        .collect();
                     let all: Vec<usize> = (0..self.members.len()).collect();
                     self.fail(
                         format!(
@@ -1520,8 +1920,11 @@ impl World {
                 for g in 0..self.groups.len() {
                     let all: Vec<usize> = (0..self.members.len()).collect();
                     let Some(m) = self.group_up(g) else {
-                        let holders: Vec<String> =
-                            self.holders(g).iter().map(|m| self.members[*m].name.clone()).collect();
+                        let holders: Vec<String> = self
+                            .holders(g)
+                            .iter()
+                            .map(|m| self.members[*m].name.clone())
+                            .collect();
                         self.fail(
                             format!(
                                 "LIVENESS: group {} not up on exactly one node at the end (active on [{}])",
@@ -1545,7 +1948,11 @@ impl World {
                         return;
                     }
                     if spec.failback {
-                        let preferred = spec.nodes.iter().find(|n| !gs.failed_on.contains(n)).copied();
+                        let preferred = spec
+                            .nodes
+                            .iter()
+                            .find(|n| !gs.failed_on.contains(n))
+                            .copied();
                         if preferred.is_some() && preferred != Some(self.members[m].id) {
                             let name = self.names(&format!("{preferred:?}"));
                             self.fail(
@@ -1575,9 +1982,13 @@ impl World {
         let n = self.members.len();
         let gap_ms;
         if plan.crash_only {
-            gap_ms = self.rng.gen_range(plan.mean_gap_ms / 2..=plan.mean_gap_ms * 3 / 2);
+            gap_ms = self
+                .rng
+                .gen_range(plan.mean_gap_ms / 2..=plan.mean_gap_ms * 3 / 2);
             // Prefer owners, so that most crashes measure a failover.
-            let owners: Vec<usize> = (0..self.groups.len()).filter_map(|g| self.group_up(g)).collect();
+            let owners: Vec<usize> = (0..self.groups.len())
+                .filter_map(|g| self.group_up(g))
+                .collect();
             let m = if !owners.is_empty() && self.rng.gen_bool(0.8) {
                 *owners.choose(&mut self.rng).expect("owner")
             } else {
@@ -1631,13 +2042,27 @@ impl World {
                     self.apply_fault(Fault::Loss { id, p });
                     self.schedule(back, Ev::Fault(Fault::LossEnd(id)));
                 }
-                78..=89 => {
+                78..=80 => {
                     let id = self.new_id();
                     let extra_us = self.rng.gen_range(5..=600) * MS;
                     let back = self.now + dur(&mut self.rng, 200, 3000);
                     self.apply_fault(Fault::Delay { id, extra_us });
                     self.schedule(back, Ev::Fault(Fault::DelayEnd(id)));
                 }
+                81..=84 => {
+                    let id = self.new_id();
+                    let to = (m + self.rng.gen_range(1..n)) % n;
+                    let extra_us = self.rng.gen_range(50..=2500) * MS;
+                    let back = self.now + dur(&mut self.rng, 50, 1500);
+                    self.apply_fault(Fault::SlowLink {
+                        id,
+                        from: m,
+                        to,
+                        extra_us,
+                    });
+                    self.schedule(back, Ev::Fault(Fault::SlowLinkEnd(id)));
+                }
+                85..=89 => self.apply_fault(Fault::Shutdown(m)),
                 _ => {
                     let running: Vec<(usize, usize)> = (0..self.groups.len())
                         .flat_map(|g| (0..n).map(move |m| (m, g)))
@@ -1655,6 +2080,89 @@ impl World {
             }
         }
         self.schedule(self.now + gap_ms * MS, Ev::Fault(Fault::Next));
+    }
+
+    /// Faults aimed at the narrow windows random timing rarely hits: the
+    /// proposer crashes or stalls just after proposing a hand-over or placement.
+    fn maybe_trigger(&mut self, m: usize, command: &Command) {
+        let Some(plan) = &self.plan else { return };
+        if plan.crash_only || self.now < plan.from_us || self.now >= plan.until_us {
+            return;
+        }
+        let p = match command {
+            Command::Release { .. } | Command::Assign { .. } | Command::RequestMove { .. } => 0.15,
+            Command::Renew { .. } => 0.005,
+            Command::ClearFailures { .. } => 0.0,
+        };
+        if p == 0.0 || !self.rng.gen_bool(p) {
+            return;
+        }
+        let at = self.now + self.rng.gen_range(0..=5 * MS);
+        let lease = self.cfg.lease_ms;
+        let release = matches!(command, Command::Release { .. });
+        let leader = self.members[m].raft.leader.filter(|l| *l != m);
+        if let (true, Some(leader)) = (release, leader) {
+            if self.rng.gen_bool(0.3) {
+                // The release is held up on its way to the leader while its
+                // proposer dies and a new incarnation starts.
+                let id = self.new_id();
+                let extra_us = self.rng.gen_range(200..=2500) * MS;
+                let end = self.now + self.rng.gen_range(1..=300) * MS;
+                self.apply_fault(Fault::SlowLink {
+                    id,
+                    from: m,
+                    to: leader,
+                    extra_us,
+                });
+                self.schedule(end, Ev::Fault(Fault::SlowLinkEnd(id)));
+                let crash = self.now + self.rng.gen_range(0..=50) * MS;
+                let back = crash + self.rng.gen_range(20..=500) * MS;
+                self.schedule(crash, Ev::Fault(Fault::CrashDaemon(m)));
+                self.schedule(back, Ev::Fault(Fault::RestartDaemon(m)));
+                if self.rng.gen_bool(0.5) {
+                    // The path back from the leader is flaky too.
+                    let id = self.new_id();
+                    let extra_us = self.rng.gen_range(50..=600) * MS;
+                    let from = back + self.rng.gen_range(0..=1000) * MS;
+                    let end = from + self.rng.gen_range(500..=3000) * MS;
+                    self.schedule(
+                        from,
+                        Ev::Fault(Fault::SlowLink {
+                            id,
+                            from: leader,
+                            to: m,
+                            extra_us,
+                        }),
+                    );
+                    self.schedule(end, Ev::Fault(Fault::SlowLinkEnd(id)));
+                }
+                return;
+            }
+        }
+        match self.rng.gen_range(0..3) {
+            0 => {
+                let back = at + self.rng.gen_range(20..=3000) * MS;
+                self.schedule(at, Ev::Fault(Fault::CrashDaemon(m)));
+                self.schedule(back, Ev::Fault(Fault::RestartDaemon(m)));
+            }
+            1 => {
+                let back = at + self.rng.gen_range(lease / 4..=lease * 3) * MS;
+                self.schedule(at, Ev::Fault(Fault::Pause(m)));
+                self.schedule(back, Ev::Fault(Fault::Resume(m)));
+            }
+            _ => {
+                // Cut this member off from everyone (its proposal may already be out).
+                let n = self.members.len();
+                let cuts: Vec<(usize, usize)> = (0..n)
+                    .filter(|o| *o != m)
+                    .flat_map(|o| [(m, o), (o, m)])
+                    .collect();
+                let id = self.new_id();
+                let back = at + self.rng.gen_range(100..=4000) * MS;
+                self.schedule(at, Ev::Fault(Fault::Partition { id, cuts }));
+                self.schedule(back, Ev::Fault(Fault::HealPartition(id)));
+            }
+        }
     }
 
     /// Directed links to cut: a split into two sides (symmetric, or one way
