@@ -4,12 +4,28 @@
 //! active on two nodes, and that everything recovers once the faults stop.
 //!
 //! `UPHOLD_SIM_SEEDS=N` sets how many seeds the sweep runs;
+//! `UPHOLD_SIM_FIRST_SEED=F` starts the sweep at seed F (default 0);
 //! `UPHOLD_SIM_SEED=S` runs only seed S and prints its whole trace.
 
 mod sim;
 
 use sim::plan::run_seed;
 use std::time::Instant;
+
+/// A panic inside the engine (or the model's own consistency checks) is a
+/// failure of that seed, reported with the seed like any other.
+fn run_seed_catching(seed: u64) -> Result<sim::plan::SeedReport, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_seed(seed, false))).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".to_string());
+        Err(format!(
+            "seed {seed}: PANIC {what}\nreplay with: UPHOLD_SIM_SEED={seed} cargo test -p uphold-cluster --test simulation -- --nocapture"
+        ))
+    })
+}
 
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
@@ -47,7 +63,7 @@ fn simulation_seeds() {
                 scope.spawn(move || {
                     (first..first + seeds)
                         .filter(|s| s % threads == t)
-                        .map(|s| (s, run_seed(s, false)))
+                        .map(|s| (s, run_seed_catching(s)))
                         .collect::<Vec<_>>()
                 })
             })

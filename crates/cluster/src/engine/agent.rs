@@ -397,13 +397,46 @@ impl Agent {
             .retain(|_, (_, sent)| now.saturating_sub(*sent) < retry_after);
     }
 
+    /// The next instant at which this agent has something to do without any new
+    /// event: a renewal falls due, or the lease reaches its stop margin while a
+    /// group runs. The executor sleeps until then (or an event).
+    pub fn next_deadline(&self, topo: &Topology) -> Option<Millis> {
+        if !topo.nodes.contains(&self.me) {
+            return None;
+        }
+        let renew = self
+            .last_renewal_sent
+            .map_or(0, |last| last.saturating_add(self.renew_interval(topo)));
+        let running = self
+            .groups
+            .values()
+            .any(|g| matches!(g.phase, GroupPhase::Starting | GroupPhase::Running));
+        let stop = running.then(|| self.lease_until.saturating_sub(topo.stop_margin_ms));
+        Some(stop.map_or(renew, |stop| stop.min(renew)))
+    }
+
+    /// Owners renew at the configured interval. A node that runs nothing renews
+    /// half as often: enough to stay a live candidate (seen within a lease) and to
+    /// hold a lease with room to start a group the moment one is assigned, at a
+    /// third less consensus traffic in a cluster with one group per three nodes.
+    fn renew_interval(&self, topo: &Topology) -> Millis {
+        let owns_something = !self.groups.is_empty()
+            || self.state.groups.values().any(|g| g.owner == Some(self.me))
+            || self.shutting_down;
+        if owns_something {
+            topo.renew_interval_ms
+        } else {
+            topo.renew_interval_ms * 2
+        }
+    }
+
     fn renew(&mut self, now: Millis, topo: &Topology, actions: &mut Vec<AgentAction>) {
         // A renewal older than a lease can no longer grant anything.
         self.pending_renewals
             .retain(|_, sent| now < sent.saturating_add(topo.lease_ms));
         let due = match self.last_renewal_sent {
             None => true,
-            Some(last) => now >= last.saturating_add(topo.renew_interval_ms),
+            Some(last) => now >= last.saturating_add(self.renew_interval(topo)),
         };
         if !due {
             return;

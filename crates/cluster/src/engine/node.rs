@@ -120,6 +120,30 @@ impl NodeEngine {
     pub fn state(&self) -> &Arc<ClusterState> {
         &self.state
     }
+    /// When the engine next needs a `Tick` if no other event arrives: the agent's
+    /// renewal or lease deadline and, while leading, the moment a silent owner's
+    /// lease certainly expires. Never later than `now + max_idle`, so slower
+    /// conditions (failback stability, retries) are still checked.
+    pub fn next_deadline(&self, now: Millis, max_idle: Millis) -> Millis {
+        let mut next = now.saturating_add(max_idle);
+        if let Some(agent) = self.agent.next_deadline(&self.topo) {
+            next = next.min(agent);
+        }
+        if self.is_leader {
+            for spec in &self.topo.groups {
+                if let Some(owner) = self.state.owner_of(&spec.name) {
+                    if let Some(seen) = self.liveness.get(owner) {
+                        let expiry = seen.at.saturating_add(self.topo.lease_expiry_wait_ms);
+                        if expiry > now {
+                            next = next.min(expiry);
+                        }
+                    }
+                }
+            }
+        }
+        next.max(now)
+    }
+
     /// Shut down, every group handed back, and (if leading) placed elsewhere.
     pub fn is_done(&self, now: Millis) -> bool {
         self.agent.is_done()

@@ -23,9 +23,10 @@ use uphold_os::clock::MonotonicClock;
 use uphold_os::guard::GuardClient;
 use uphold_proto::rpc::RpcClient;
 
-/// How often the engine is woken when nothing else happens. Bounds how late a
-/// lease deadline or a renewal can be noticed.
-const TICK: Duration = Duration::from_millis(50);
+/// The engine asks to be woken at its next deadline (renewal, lease margin,
+/// another owner's lease expiry); between deadlines it still wakes this often to
+/// re-check slower conditions. Deadline-driven wakeups keep an idle member cheap.
+const MAX_IDLE_MS: Millis = 250;
 /// How long a clean shutdown may take to hand groups over before exiting anyway.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
 
@@ -164,15 +165,15 @@ pub async fn run(
     let mut engine = NodeEngine::new(me.id, opts.incarnation, topo, clock.now_ms());
     info!(node = %me.name, role = ?me.role, "cluster member starting");
 
-    let mut ticker = tokio::time::interval(TICK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut next_wake = clock.now_ms();
     let mut was_leader = false;
     let mut shutdown_at: Option<tokio::time::Instant> = None;
     let mut last_status = tokio::time::Instant::now() - Duration::from_secs(1);
     let mut live_members: BTreeMap<String, bool> = BTreeMap::new();
     loop {
+        let sleep_ms = next_wake.saturating_sub(clock.now_ms());
         let event = tokio::select! {
-            _ = ticker.tick() => Event::Tick,
+            _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => Event::Tick,
             Some(cmd) = append_rx.recv() => Event::Appended(cmd),
             Ok(()) = applied.changed() => {
                 let snapshot = applied.borrow_and_update().clone();
@@ -205,7 +206,8 @@ pub async fn run(
         for action in engine.on_event(event, now) {
             exec.perform(action, &config);
         }
-        if last_status.elapsed() >= Duration::from_millis(100) {
+        next_wake = engine.next_deadline(clock.now_ms(), MAX_IDLE_MS);
+        if last_status.elapsed() >= Duration::from_millis(200) {
             last_status = tokio::time::Instant::now();
             let status = build_status(&config, &me.name, &engine, &raft, now);
             log_liveness_changes(&mut live_members, &status);
