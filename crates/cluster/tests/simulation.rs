@@ -50,7 +50,7 @@ fn simulation_seeds() {
         }
         return;
     }
-    let seeds = env_u64("UPHOLD_SIM_SEEDS").unwrap_or(1000);
+    let seeds = env_u64("UPHOLD_SIM_SEEDS").unwrap_or(1500);
     let first = env_u64("UPHOLD_SIM_FIRST_SEED").unwrap_or(0);
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())

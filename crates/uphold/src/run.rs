@@ -47,7 +47,7 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon(cluster, me)) {
+    match runtime.block_on(daemon(args.select.config.clone(), cluster, me)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -78,6 +78,7 @@ fn init_logging(filter: &str) {
 }
 
 async fn daemon(
+    config_path: std::path::PathBuf,
     cluster: uphold_config::ClusterConfig,
     me: uphold_config::Member,
 ) -> anyhow::Result<()> {
@@ -102,7 +103,8 @@ async fn daemon(
         Arc::new(uphold_os::vip::Netlink::new().map_err(|e| anyhow::anyhow!("netlink: {e}"))?);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    spawn_signal_handler(shutdown_tx)?;
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    spawn_signal_handler(shutdown_tx, config_path, reload_tx)?;
 
     let status_cell: StatusCell = Arc::new(RwLock::new(None));
     let api_status = status_cell.clone();
@@ -134,7 +136,7 @@ async fn daemon(
             endpoint,
             guard: Some(guard),
             netlink,
-            incarnation: rand::random(),
+            reload: reload_rx,
         },
         status_cell,
         shutdown_rx,
@@ -145,7 +147,35 @@ async fn daemon(
     result
 }
 
-fn spawn_signal_handler(shutdown: watch::Sender<bool>) -> anyhow::Result<()> {
+/// SIGHUP: validate the file again; a bad file is reported and changes nothing.
+fn reload_config(
+    path: &std::path::Path,
+    reload: &tokio::sync::mpsc::UnboundedSender<uphold_config::ClusterConfig>,
+) {
+    info!(config = %path.display(), "SIGHUP: reloading");
+    match uphold_config::load(path) {
+        Err(errors) => {
+            for e in errors.iter() {
+                error!("reload refused: {e}");
+            }
+        }
+        Ok(loaded) => match loaded.config.cluster {
+            None => error!(
+                "reload refused: {} has no [cluster] section",
+                path.display()
+            ),
+            Some(cluster) => {
+                let _ = reload.send(cluster);
+            }
+        },
+    }
+}
+
+fn spawn_signal_handler(
+    shutdown: watch::Sender<bool>,
+    config_path: std::path::PathBuf,
+    reload: tokio::sync::mpsc::UnboundedSender<uphold_config::ClusterConfig>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -155,9 +185,7 @@ fn spawn_signal_handler(shutdown: watch::Sender<bool>) -> anyhow::Result<()> {
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM: stopping"); let _ = shutdown.send(true); }
                 _ = int.recv() => { info!("SIGINT: stopping"); let _ = shutdown.send(true); }
-                _ = hup.recv() => {
-                    warn!("SIGHUP: reloading the cluster section is not supported yet; restart the daemon to apply changes (groups move away and back)");
-                }
+                _ = hup.recv() => reload_config(&config_path, &reload),
             }
         }
     });

@@ -233,3 +233,90 @@ fn daemon_refuses_bad_peers_with_a_clear_log_line_and_keeps_running() {
     );
     drop(daemon);
 }
+
+fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_adds_and_removes_groups_and_refuses_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let group = |name: &str| {
+        format!(
+            "[[group]]\nname = \"{name}\"\n[[group.resource]]\ntype = \"exec\"\nname = \"marker\"\n\
+             start = [\"/usr/bin/touch\", \"{d}/{name}.up\"]\nstop = [\"/bin/rm\", \"-f\", \"{d}/{name}.up\"]\n\
+             monitor = [\"/usr/bin/test\", \"-e\", \"{d}/{name}.up\"]\ninterval = \"200ms\"\n"
+        )
+    };
+    let head = format!(
+        "[cluster]\nname = \"t\"\nstate_dir = \"{d}/state\"\ntls_dir = \"{d}/tls\"\n\
+         [[cluster.member]]\nname = \"solo\"\naddress = \"127.0.0.1:{port}\"\napi = \"127.0.0.1:{api}\"\n"
+    );
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, format!("{head}{}", group("one"))).unwrap();
+    let init = uphold()
+        .args(["init", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    let child = uphold()
+        .args(["run", "--node", "solo", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _daemon = Daemon(child);
+    let up = |name: &str| dir.path().join(format!("{name}.up")).exists();
+    let hup = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let log_text = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+
+    wait_until("group one to start", Duration::from_secs(15), || up("one"));
+    std::fs::write(&config, format!("{head}{}{}", group("one"), group("two"))).unwrap();
+    hup();
+    wait_until(
+        "group two to start after SIGHUP",
+        Duration::from_secs(10),
+        || up("two"),
+    );
+    std::fs::write(&config, format!("{head}{}", group("two"))).unwrap();
+    hup();
+    wait_until(
+        "group one to stop after SIGHUP",
+        Duration::from_secs(10),
+        || !up("one"),
+    );
+    assert!(up("two"));
+
+    std::fs::write(&config, format!("{head}{}\nbogus = 1\n", group("two"))).unwrap();
+    hup();
+    wait_until(
+        "the broken file to be refused",
+        Duration::from_secs(10),
+        || log_text().contains("reload refused"),
+    );
+    let text = log_text();
+    assert!(text.contains("c.toml") && text.contains("bogus"), "{text}");
+    assert!(up("two"), "a refused reload changes nothing");
+}

@@ -105,6 +105,14 @@ impl NodeEngine {
         }
     }
 
+    /// A reloaded config changed the groups (membership and timing cannot change
+    /// at run time). Removed groups are stopped and released by their owner, new
+    /// ones placed by the leader, all through the usual steps.
+    pub fn set_topology(&mut self, topo: Topology) {
+        self.topo = topo;
+        self.placement.reset();
+    }
+
     pub fn topology(&self) -> &Topology {
         &self.topo
     }
@@ -175,6 +183,7 @@ impl NodeEngine {
             Event::Leadership(leading) => {
                 if leading != self.is_leader {
                     self.placement.reset();
+                    self.placement.set_leading_since(leading.then_some(now));
                 }
                 self.is_leader = leading;
                 None

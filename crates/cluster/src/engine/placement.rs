@@ -23,6 +23,8 @@ pub struct Placement {
     last_failure_clear: BTreeMap<GroupName, Millis>,
     /// A node never chosen: the leader itself while it shuts down.
     excluded: Option<NodeId>,
+    /// When this member became leader.
+    leading_since: Option<Millis>,
 }
 
 impl Placement {
@@ -37,6 +39,10 @@ impl Placement {
     /// A leadership change invalidates everything in flight.
     pub fn reset(&mut self) {
         self.inflight.clear();
+    }
+
+    pub fn set_leading_since(&mut self, since: Option<Millis>) {
+        self.leading_since = since;
     }
 
     pub fn on_result(
@@ -198,6 +204,16 @@ impl Placement {
                 None
             }
             None => {
+                // A new leader has seen few renewals yet, often only its own: wait
+                // until every live node has renewed once (idle nodes renew every
+                // two intervals) so a group starts on its preferred node, not on
+                // whoever won the election.
+                let settled = self
+                    .leading_since
+                    .is_none_or(|since| now.saturating_sub(since) >= 2 * topo.renew_interval_ms);
+                if !settled && gs.move_to.is_none() {
+                    return None;
+                }
                 let target = gs
                     .move_to
                     .filter(|n| spec.nodes.contains(n) && eligible(*n))

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use uphold_core::{GroupName, NodeId};
 
 /// Identifies one renewal: the process incarnation that sent it and its sequence
-/// number within that incarnation. Only the sending process can turn it into a
+/// number within that incarnation. Incarnations of one node only grow (a counter
+/// kept in its state directory), so the log can tell an earlier run's delayed
+/// messages from the current run's. Only the sending process can turn it into a
 /// lease (it alone knows when it sent it); everyone else uses it as a liveness
 /// token and as the guard on reassignment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -149,7 +151,16 @@ impl ClusterState {
     pub fn apply(&mut self, command: &Command) -> ApplyResult {
         match command {
             Command::Renew { node, renewal } => {
-                let previous = self.last_renewal.insert(*node, *renewal);
+                let previous = self.last_renewal.get(node).copied();
+                if previous.is_some_and(|p| p.incarnation > renewal.incarnation) {
+                    // Sent by an earlier run of the daemon and delayed on the way:
+                    // it must not make that run look current again (its releases
+                    // would then be accepted while the new run holds the group).
+                    return ApplyResult::Rejected(format!(
+                        "renewal of node {node} comes from an earlier run of its daemon"
+                    ));
+                }
+                self.last_renewal.insert(*node, *renewal);
                 if previous.is_some_and(|p| p.incarnation != renewal.incarnation) {
                     self.leaving.remove(node);
                 }

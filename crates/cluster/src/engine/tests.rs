@@ -503,6 +503,33 @@ fn release_from_an_earlier_daemon_run_is_refused() {
 }
 
 #[test]
+fn a_delayed_renewal_of_an_earlier_run_does_not_revive_it() {
+    let mut state = (*owned_by(A, 1)).clone();
+    let run = |incarnation, seq| RenewalId { incarnation, seq };
+    state.apply(&Command::Renew {
+        node: A,
+        renewal: run(8, 1),
+    });
+    let late = Command::Renew {
+        node: A,
+        renewal: run(7, 9),
+    };
+    assert!(matches!(state.apply(&late), ApplyResult::Rejected(_)));
+    let old_release = Command::Release {
+        group: web(),
+        node: A,
+        epoch: 1,
+        incarnation: 7,
+        reason: ReleaseReason::Shutdown,
+    };
+    assert!(matches!(
+        state.apply(&old_release),
+        ApplyResult::Rejected(_)
+    ));
+    assert_eq!(state.owner_of(&web()), Some(A));
+}
+
+#[test]
 fn rejected_assign_restarts_the_wait_from_the_committed_renewal() {
     let topo = topo(false);
     let mut placement = Placement::new();
@@ -588,13 +615,36 @@ fn node_engine_feeds_appended_renewals_into_liveness() {
     );
     let seen = engine.liveness().get(A).unwrap();
     assert_eq!((seen.renewal, seen.at), (Some(renewal(1)), 50));
-    // Leader: the group is placed on A, the only live node besides us (B has not renewed yet).
-    let actions = engine.on_event(Event::Leadership(true), 60);
-    assert!(actions.iter().any(|a| matches!(
-        a,
-        Action::Propose {
-            command: Command::Assign { node: Some(A), .. },
-            ..
-        }
-    )));
+}
+
+#[test]
+fn a_new_leader_waits_for_renewals_so_groups_start_on_their_preferred_node() {
+    let assigns = |actions: &[Action]| -> Vec<Option<u64>> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Propose {
+                    command: Command::Assign { node, .. },
+                    ..
+                } => Some(*node),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut engine = NodeEngine::new(B, 1, topo(false), 0);
+    let renew = |node, seq| {
+        Event::Appended(Command::Renew {
+            node,
+            renewal: renewal(seq),
+        })
+    };
+    engine.on_event(renew(B, 1), 10);
+    // B wins the election having seen only its own renewal: it must not take
+    // the group from A, the preferred node, which just has not renewed yet.
+    let actions = engine.on_event(Event::Leadership(true), 20);
+    assert!(assigns(&actions).is_empty(), "{actions:?}");
+    engine.on_event(renew(A, 2), 300);
+    assert!(assigns(&engine.on_event(Event::Tick, 419)).is_empty());
+    let actions = engine.on_event(Event::Tick, 420);
+    assert_eq!(assigns(&actions), vec![Some(A)], "{actions:?}");
 }

@@ -39,8 +39,28 @@ pub struct RuntimeOptions {
     /// The guard process that undoes our groups if this daemon dies or stalls.
     pub guard: Option<GuardClient>,
     pub netlink: Arc<uphold_os::vip::Netlink>,
-    /// Random per process start; renewals of earlier runs never count as leases.
-    pub incarnation: u64,
+    /// Validated configs from SIGHUP reloads.
+    pub reload: mpsc::UnboundedReceiver<ClusterConfig>,
+}
+
+/// What a reload may change while running: groups and their resources. The rest
+/// (members, timing, directories) is fixed while the cluster runs.
+pub fn reload_refusal(running: &ClusterConfig, new: &ClusterConfig) -> Option<String> {
+    if running.name != new.name {
+        return Some("the cluster name changed".into());
+    }
+    if running.members != new.members {
+        return Some(
+            "the members changed (membership changes need a restart of every member)".into(),
+        );
+    }
+    if running.timing != new.timing {
+        return Some("lease or Raft timing changed".into());
+    }
+    if running.state_dir != new.state_dir || running.tls_dir != new.tls_dir {
+        return Some("state_dir or tls_dir changed".into());
+    }
+    None
 }
 
 /// Shared, cheaply readable picture for `uphold status` and metrics.
@@ -101,6 +121,10 @@ struct Executor {
     /// Per group: the running start task (aborted by an emergency stop) and monitors.
     starts: BTreeMap<GroupName, JoinHandle<()>>,
     monitors: BTreeMap<GroupName, Vec<JoinHandle<()>>>,
+    /// Resources as they were when each group started here: a reload that
+    /// changes a running group's resources takes effect at its next start, and
+    /// the stop undoes exactly what was started.
+    started_with: BTreeMap<GroupName, Vec<ResourceSpec>>,
     proposal_timeout: Duration,
 }
 
@@ -112,7 +136,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let clock = MonotonicClock::new();
-    let config = opts.config.clone();
+    let mut config = opts.config.clone();
+    let mut reload = opts.reload;
     let me = config
         .member(opts.me.as_str())
         .ok_or_else(|| anyhow::anyhow!("{} is not a member of cluster {}", opts.me, config.name))?
@@ -160,9 +185,11 @@ pub async fn run(
         done_tx,
         starts: BTreeMap::new(),
         monitors: BTreeMap::new(),
+        started_with: BTreeMap::new(),
         proposal_timeout: Duration::from_millis(topo.proposal_timeout_ms),
     };
-    let mut engine = NodeEngine::new(me.id, opts.incarnation, topo, clock.now_ms());
+    let incarnation = next_incarnation(&config.state_dir_for(&opts.me))?;
+    let mut engine = NodeEngine::new(me.id, incarnation, topo, clock.now_ms());
     info!(node = %me.name, role = ?me.role, "cluster member starting");
 
     let mut next_wake = clock.now_ms();
@@ -188,6 +215,18 @@ pub async fn run(
                     Event::MonitorFailed { group, epoch, reason }
                 }
             },
+            Some(new) = reload.recv() => {
+                match reload_refusal(&config, &new) {
+                    Some(why) => warn!("reload refused: {why}; keeping the running config"),
+                    None => {
+                        info!(groups = new.groups.len(), "config reloaded");
+                        engine.set_topology(topology_from(&new));
+                        exec.config = new.clone();
+                        config = new;
+                    }
+                }
+                Event::Tick
+            }
             Ok(()) = shutdown.changed(), if shutdown_at.is_none() => {
                 info!("shutting down: stopping groups and handing them over");
                 shutdown_at = Some(tokio::time::Instant::now() + SHUTDOWN_DEADLINE);
@@ -242,6 +281,9 @@ pub async fn run(
 
 impl Executor {
     fn resources(&self, group: &GroupName) -> Vec<ResourceSpec> {
+        if let Some(resources) = self.started_with.get(group) {
+            return resources.clone();
+        }
         self.config
             .group(group.as_str())
             .map(|g| g.resources.clone())
@@ -283,7 +325,9 @@ impl Executor {
             }
             Action::StartGroup { group, epoch } => {
                 info!(%group, epoch, "starting group");
+                self.started_with.remove(&group);
                 let resources = self.resources(&group);
+                self.started_with.insert(group.clone(), resources.clone());
                 let runner = self.runner.clone();
                 let tx = self.done_tx.clone();
                 let name = group.clone();
@@ -308,6 +352,7 @@ impl Executor {
                 }
                 let start = self.starts.remove(&group);
                 let resources = self.resources(&group);
+                self.started_with.remove(&group);
                 let runner = self.runner.clone();
                 let tx = self.done_tx.clone();
                 tokio::spawn(async move {
@@ -376,6 +421,33 @@ impl Executor {
                 .await;
         }
     }
+}
+
+/// Numbers the runs of the daemon on this node: read the last one from the state
+/// directory, add one, write it back durably before use. Growing numbers let the
+/// replicated state ignore a delayed message of an earlier run.
+fn next_incarnation(state_dir: &std::path::Path) -> anyhow::Result<u64> {
+    use std::io::Write;
+    let path = state_dir.join("incarnation");
+    let previous = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| anyhow::anyhow!("{}: not a number: {:?}", path.display(), text.trim()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    };
+    let next = previous + 1;
+    let tmp = state_dir.join("incarnation.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(format!("{next}\n").as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(state_dir)?.sync_all()
+    };
+    write().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    Ok(next)
 }
 
 /// One log line when a node stops or resumes renewing, as seen from here.

@@ -30,6 +30,7 @@ pub fn base_config(nodes: usize, witness: bool, groups: Vec<GroupCfg>) -> SimCon
         election_override: vec![None; voters],
         raft_tick_ms: 10,
         engine_tick_ms: 25,
+        engine_max_idle_ms: Some(250),
         monitor_ms: 1000,
         net_delay_us: (100, 2 * MS),
         net_loss: 0.0,
@@ -94,6 +95,12 @@ pub fn random_config(rng: &mut ChaCha8Rng) -> SimConfig {
         snapshots: rng.gen_bool(0.5),
     };
     cfg.engine_tick_ms = *[10, 25, 25, 50, 100].choose(rng).expect("tick");
+    // Mostly the executor's deadline-driven wakeups, sometimes a plain tick.
+    cfg.engine_max_idle_ms = if rng.gen_bool(0.7) {
+        Some(*[100, 250, 250, 500].choose(rng).expect("max idle"))
+    } else {
+        None
+    };
     cfg.monitor_ms = rng.gen_range(200..=1000);
     cfg.net_delay_us = (100, rng.gen_range(1..=8) * MS);
     cfg.net_loss = *[0.0, 0.0, 0.01, 0.05].choose(rng).expect("loss");

@@ -49,7 +49,11 @@ pub struct SimConfig {
     /// the leader).
     pub election_override: Vec<Option<(Millis, Millis)>>,
     pub raft_tick_ms: Millis,
+    /// Fixed wakeup period of the engine, used when `engine_max_idle_ms` is None.
     pub engine_tick_ms: Millis,
+    /// Wake the engine at `NodeEngine::next_deadline(now, max_idle)` after every
+    /// event, as the executor does; None: a fixed tick every `engine_tick_ms`.
+    pub engine_max_idle_ms: Option<Millis>,
     /// How long a resource may be missing before its monitor reports it.
     pub monitor_ms: Millis,
     pub net_delay_us: (u64, u64),
@@ -289,6 +293,11 @@ pub struct Daemon {
     exec: Vec<Exec>,
     apply_scheduled: bool,
     tick_gen: u64,
+    /// The pending deadline wakeup (local ms) and its generation.
+    wake_at: Option<Millis>,
+    wake_gen: u64,
+    /// Wakeups in a row at the same local millisecond (a busy loop if many).
+    same_ms_wakes: (Millis, u32),
     /// SIGTERM received at this local time: hand over, then exit.
     shutdown_since: Option<Millis>,
 }
@@ -752,6 +761,13 @@ impl World {
                 }
             },
             Ev::RaftTick { gen, .. } => {
+                if self.members[m]
+                    .daemon
+                    .as_ref()
+                    .is_some_and(|d| d.tick_gen != gen)
+                {
+                    return;
+                }
                 let now = self.local(m);
                 let mut out = Vec::new();
                 self.members[m].raft.tick(now, &mut self.rng, &mut out);
@@ -762,13 +778,44 @@ impl World {
                 self.schedule(next, Ev::RaftTick { m, inc, gen });
             }
             Ev::EngineTick { gen, .. } => {
+                let now = self.local(m);
+                let deadline_mode = self.cfg.engine_max_idle_ms.is_some();
+                let Some(d) = self.members[m].daemon.as_mut() else {
+                    return;
+                };
+                if gen
+                    != if deadline_mode {
+                        d.wake_gen
+                    } else {
+                        d.tick_gen
+                    }
+                {
+                    return;
+                }
+                if deadline_mode {
+                    d.wake_at = None;
+                    let (ms, count) = d.same_ms_wakes;
+                    d.same_ms_wakes = if ms == now { (ms, count + 1) } else { (now, 1) };
+                    if d.same_ms_wakes.1 > 1000 {
+                        self.fail(
+                            format!(
+                                "BUSY LOOP: the engine on {} asks to be woken at once, over and over",
+                                self.members[m].name
+                            ),
+                            &[m],
+                        );
+                        return;
+                    }
+                }
                 self.run_monitors(m);
                 self.feed(m, Event::Tick);
-                let now = self.local(m);
-                let next = self.members[m]
-                    .clock
-                    .real_at(now + self.cfg.engine_tick_ms, self.now);
-                self.schedule(next, Ev::EngineTick { m, inc, gen });
+                if !deadline_mode {
+                    let next = self.members[m]
+                        .clock
+                        .real_at(now + self.cfg.engine_tick_ms, self.now);
+                    self.schedule(next, Ev::EngineTick { m, inc, gen });
+                }
+                self.reschedule_wake(m);
             }
             Ev::ApplyDue { .. } => self.apply_committed(m),
             Ev::ProposalTimeout { token, .. } => self.proposal_done(m, token, None),
@@ -979,7 +1026,29 @@ impl World {
             for action in actions {
                 self.perform(m, action);
             }
+            self.reschedule_wake(m);
         }
+    }
+
+    /// Deadline mode: after every engine event the executor sleeps until the
+    /// engine's next deadline (or the next event).
+    fn reschedule_wake(&mut self, m: usize) {
+        let Some(max_idle) = self.cfg.engine_max_idle_ms else {
+            return;
+        };
+        let now = self.local(m);
+        let Some(d) = self.members[m].daemon.as_mut() else {
+            return;
+        };
+        let deadline = d.engine.next_deadline(now, max_idle);
+        if d.wake_at == Some(deadline) {
+            return;
+        }
+        d.wake_at = Some(deadline);
+        d.wake_gen += 1;
+        let (inc, gen) = (d.inc, d.wake_gen);
+        let at = self.members[m].clock.real_at(deadline, self.now);
+        self.schedule(at, Ev::EngineTick { m, inc, gen });
     }
 
     fn group_index(&self, group: &GroupName) -> usize {
@@ -1369,7 +1438,7 @@ impl World {
             .collect();
         format!(
             "config: {} voters{}, groups {}, lease {} ms, renew {} ms, raft hb {} ms election {}..{} ms, \
-             engine tick {} ms, loss {}, start failures {}; ids {}",
+             engine wakeups {}, eager commit {}, snapshots {}, loss {}, start failures {}; ids {}",
             c.voters,
             if c.witness { " (one witness)" } else { "" },
             groups.join(", "),
@@ -1378,7 +1447,12 @@ impl World {
             c.raft.heartbeat_ms,
             c.raft.election_min_ms,
             c.raft.election_max_ms,
-            c.engine_tick_ms,
+            match c.engine_max_idle_ms {
+                Some(idle) => format!("at deadlines (max idle {idle} ms)"),
+                None => format!("every {} ms", c.engine_tick_ms),
+            },
+            c.raft.eager_commit,
+            c.raft.snapshots,
             c.net_loss,
             c.start_fail_prob,
             ids.join(" ")
@@ -1538,6 +1612,9 @@ impl World {
             exec: (0..self.groups.len()).map(|_| Exec::default()).collect(),
             apply_scheduled: false,
             tick_gen: 0,
+            wake_at: None,
+            wake_gen: 0,
+            same_ms_wakes: (0, 0),
             shutdown_since: None,
         });
         self.start_ticks(m);
@@ -1548,11 +1625,25 @@ impl World {
             return;
         };
         d.tick_gen += 1;
-        let (inc, gen) = (d.inc, d.tick_gen);
+        d.wake_gen += 1;
+        d.wake_at = None;
+        let (inc, gen, wake_gen) = (d.inc, d.tick_gen, d.wake_gen);
         let a = self.rng.gen_range(0..=self.cfg.raft_tick_ms * MS);
-        let b = self.rng.gen_range(0..=self.cfg.engine_tick_ms * MS);
         self.schedule(self.now + a, Ev::RaftTick { m, inc, gen });
-        self.schedule(self.now + b, Ev::EngineTick { m, inc, gen });
+        let b = self.rng.gen_range(0..=self.cfg.engine_tick_ms * MS);
+        let engine_gen = if self.cfg.engine_max_idle_ms.is_some() {
+            wake_gen
+        } else {
+            gen
+        };
+        self.schedule(
+            self.now + b,
+            Ev::EngineTick {
+                m,
+                inc,
+                gen: engine_gen,
+            },
+        );
     }
 
     /// The daemon process dies: its guard notices at once and takes everything down.
