@@ -503,6 +503,17 @@ fn validate_members(
                 );
                 None
             }
+            Ok(addr) if !addr.ip().is_loopback() => {
+                // The API has no authentication yet: anyone who can reach it could
+                // read the cluster's state, so it stays on this host.
+                ctx.error(
+                    &mp.key("api"),
+                    format!(
+                        "{who}: api address {api_text:?} is not a loopback address; the API has no authentication yet, so it listens on 127.0.0.0/8 or ::1 only"
+                    ),
+                );
+                None
+            }
             Ok(addr) => Some(addr),
         };
         let role = match m.role.as_deref() {

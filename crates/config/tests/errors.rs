@@ -155,6 +155,7 @@ fn cases() -> Vec<Case> {
         case("extra", "[[cluster.member]]\nname = \"delta\"\naddress = \"10.0.0.1:7400\" #!", "cluster.member[3].address", "\"10.0.0.1:7400\" is already used by another member (line 6)"),
         case("alpha", "name = \"alpha\"\naddress = \"10.0.0.1:7400\"\nlisten = \"nope\" #!", "cluster.member[0].listen", "invalid listen address \"nope\""),
         case("alpha", "name = \"alpha\"\naddress = \"10.0.0.1:7400\"\napi = \"127.0.0.1\" #!", "cluster.member[0].api", "invalid api address \"127.0.0.1\": missing port"),
+        case("alpha", "name = \"alpha\"\naddress = \"10.0.0.1:7400\"\napi = \"0.0.0.0:7401\" #!", "cluster.member[0].api", "not a loopback address"),
         case("alpha", "name = \"alpha\"\naddress = \"10.0.0.1:7400\"\nrole = \"arbiter\" #!", "cluster.member[0].role", "invalid role \"arbiter\""),
         // Groups.
         case("file", "[[group]] #!\nname = \"web\"\n[[group.resource]]\ntype = \"ip\"\naddress = \"10.0.0.1/24\"\ninterface = \"eth0\"\n", "group[0]", "needs a [cluster] section"),
