@@ -315,6 +315,22 @@ fn validate_timing(ctx: &mut Ctx<'_>, p: &KeyPath, c: &ClusterFile) -> Option<Ti
         );
         ok = false;
     }
+    if ok && max + renew + lease / 8 > lease {
+        // While a new leader is elected no renewal commits. An owner stops its
+        // groups lease/8 before its lease ends, and its last renewal may be up to
+        // one interval old when the leader is lost.
+        ctx.warn(
+            &p.key("lease"),
+            format!(
+                "lease {} is short for these timings: losing the leader stalls renewals for up to                  election_timeout_max {} plus renew_interval {}, and owners stop their groups {}                  before the lease ends, so a leader failure can also stop healthy groups; use a                  lease of at least {}",
+                show(lease),
+                show(max),
+                show(renew),
+                show(lease / 8),
+                show((max + renew).mul_f64(8.0 / 7.0))
+            ),
+        );
+    }
     ok.then_some(Timing {
         lease,
         renew_interval: renew,

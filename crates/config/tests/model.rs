@@ -457,3 +457,20 @@ fn config_md_examples_parse() {
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     }
 }
+
+#[test]
+fn a_lease_shorter_than_an_election_plus_a_renewal_warns() {
+    let text = members(3, 1).replace(
+        "name = \"shop\"\n",
+        "name = \"shop\"\nlease = \"500ms\"\nrenew_interval = \"150ms\"\nelection_timeout_max = \"400ms\"\n",
+    );
+    let warnings = warnings_for(&text);
+    assert!(
+        warnings.iter().any(|w| w.contains("t.toml:3")
+            && w.contains("lease 500ms is short")
+            && w.contains("cluster.lease")),
+        "{warnings:?}"
+    );
+    // The defaults leave room.
+    assert!(warnings_for(&members(3, 1)).is_empty());
+}

@@ -22,6 +22,8 @@ struct Demo {
     service: SocketAddr,
     children: Vec<Option<Child>>,
     started: Instant,
+    /// The working directory stays after the demo (given with --dir).
+    kept: bool,
 }
 
 pub fn main(args: DemoArgs) -> ExitCode {
@@ -35,7 +37,8 @@ pub fn main(args: DemoArgs) -> ExitCode {
             }
         },
     };
-    let mut demo = match Demo::prepare(dir) {
+    let kept = _tempdir.is_none();
+    let mut demo = match Demo::prepare(dir, kept) {
         Ok(demo) => demo,
         Err(e) => {
             eprintln!("error: {e}");
@@ -75,7 +78,7 @@ fn free_port() -> Result<u16, String> {
 }
 
 impl Demo {
-    fn prepare(dir: PathBuf) -> Result<Demo, String> {
+    fn prepare(dir: PathBuf, kept: bool) -> Result<Demo, String> {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut peers = Vec::new();
@@ -131,6 +134,7 @@ impl Demo {
             service,
             children: NODES.iter().map(|_| None).collect(),
             started: Instant::now(),
+            kept,
         })
     }
 
@@ -302,15 +306,18 @@ impl Demo {
         }
         self.say("stopping all nodes with SIGTERM (each hands its groups over before exiting)");
         println!("\nWhat to look at:");
-        println!(
-            "  - the logs in {} (lease expiry, the guard, placement decisions)",
-            self.dir.display()
-        );
-        println!(
-            "  - `uphold status --config {} --node beta` while a demo runs with --dir",
-            self.config.display()
-        );
-        println!("  - metrics: curl http://{}/metrics", self.apis[survivor]);
+        if self.kept {
+            println!(
+                "  - the logs in {} (lease expiry, the guard, placement decisions)",
+                self.dir.display()
+            );
+            println!("  - the config the nodes ran: {}", self.config.display());
+        } else {
+            println!(
+                "  - run `uphold demo --dir /tmp/uphold-demo` to keep the logs and the config"
+            );
+        }
+        println!("  - on real servers: examples/cluster.toml, `uphold check`, `uphold init`, `uphold status`");
         Ok(())
     }
 
