@@ -370,16 +370,27 @@ impl Guard {
         // Earliest lease first: after a stall, groups are undone in the order
         // their leases ran out.
         due.sort();
-        for (_, group) in due {
-            if let Some(hold) = self.holds.remove(&group) {
-                self.undo(&group, hold, Reason::Expired);
-            }
-        }
+        let groups: Vec<(String, Hold)> = due
+            .into_iter()
+            .filter_map(|(_, group)| self.holds.remove(&group).map(|hold| (group, hold)))
+            .collect();
+        self.undo_groups(groups, Reason::Expired);
     }
 
     fn undo_all(&mut self, reason: Reason) {
-        for (group, hold) in std::mem::take(&mut self.holds) {
-            self.undo(&group, hold, reason);
+        let groups = std::mem::take(&mut self.holds).into_iter().collect();
+        self.undo_groups(groups, reason);
+    }
+
+    /// Every group's addresses go before any group's services: all of a node's
+    /// groups share one lease, and one slow stop command must not keep another
+    /// group's address up after another node may have taken it.
+    fn undo_groups(&mut self, groups: Vec<(String, Hold)>, reason: Reason) {
+        for (group, hold) in &groups {
+            self.undo(group, hold, reason, true);
+        }
+        for (group, hold) in &groups {
+            self.undo(group, hold, reason, false);
         }
     }
 
@@ -387,12 +398,14 @@ impl Guard {
         self.holds.values().map(|hold| hold.until_ms).min()
     }
 
-    fn undo(&mut self, group: &str, hold: Hold, reason: Reason) {
+    /// Undoes the group's addresses (`addresses`) or its services (reverse order).
+    fn undo(&mut self, group: &str, hold: &Hold, reason: Reason, addresses: bool) {
         let why = reason.describe(group);
-        // Addresses first: another node may take them the moment the lease ends,
-        // while a service's stop command can take seconds.
-        let mut order: Vec<&ResourceSpec> = hold.resources.iter().rev().collect();
-        order.sort_by_key(|r| !matches!(r, ResourceSpec::Ip(_)));
+        let order = hold
+            .resources
+            .iter()
+            .rev()
+            .filter(|r| matches!(r, ResourceSpec::Ip(_)) == addresses);
         for resource in order {
             match resource {
                 ResourceSpec::Ip(ip) => {

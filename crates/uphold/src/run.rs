@@ -135,6 +135,7 @@ async fn daemon(
             rpc,
             endpoint,
             guard: Some(guard),
+            guard_command: Some((exe.clone(), vec!["guard".to_string()])),
             netlink,
             reload: reload_rx,
         },

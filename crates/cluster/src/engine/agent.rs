@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use uphold_core::{GroupName, Millis, NodeId};
 
+/// Pause between attempts to stop a group whose stop failed.
+const STOP_RETRY_MS: Millis = 1000;
+
 /// How a group is being stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopKind {
@@ -37,6 +40,9 @@ pub enum GroupPhase {
 struct LocalGroup {
     epoch: u64,
     phase: GroupPhase,
+    /// After a failed stop: when to try again. The group is neither released
+    /// nor let go by the guard meanwhile, so nobody else may start it.
+    retry_stop_at: Option<Millis>,
     /// The lease deadline last handed to the guard for this group.
     guard_until: Millis,
 }
@@ -58,6 +64,12 @@ pub enum AgentEvent {
     GroupStopped {
         group: GroupName,
         epoch: u64,
+    },
+    /// A resource could not be stopped: the group may still be partly up here.
+    GroupStopFailed {
+        group: GroupName,
+        epoch: u64,
+        reason: String,
     },
     MonitorFailed {
         group: GroupName,
@@ -248,6 +260,17 @@ impl Agent {
                     }
                 }
             }
+            AgentEvent::GroupStopFailed {
+                group,
+                epoch,
+                reason: _,
+            } => {
+                if let Some(local) = self.groups.get_mut(&group) {
+                    if local.epoch == epoch && matches!(local.phase, GroupPhase::Stopping { .. }) {
+                        local.retry_stop_at = Some(now.saturating_add(STOP_RETRY_MS));
+                    }
+                }
+            }
             AgentEvent::Shutdown => self.shutting_down = true,
         }
         self.step(now, topo, &mut actions);
@@ -289,6 +312,12 @@ impl Agent {
         }
     }
 
+    /// The deadline handed to the guard: half the stop margin before the lease
+    /// ends, so the guard's own wake-up and netlink call fit inside the lease.
+    fn guard_deadline(&self, topo: &Topology) -> Millis {
+        self.lease_until.saturating_sub(topo.stop_margin_ms / 2)
+    }
+
     fn lease_ok(&self, now: Millis, topo: &Topology) -> bool {
         now.saturating_add(topo.stop_margin_ms) < self.lease_until
     }
@@ -302,17 +331,37 @@ impl Agent {
         let lease_ok = self.lease_ok(now, topo);
 
         // Groups running here that must stop.
+        let guard_deadline = self.guard_deadline(topo);
         let local_names: Vec<GroupName> = self.groups.keys().cloned().collect();
         for name in local_names {
             let gs = self.state.group(&name);
             let Some(local) = self.groups.get_mut(&name) else {
                 continue;
             };
-            if !matches!(local.phase, GroupPhase::Starting | GroupPhase::Running) {
+            if let GroupPhase::Stopping { kind, .. } = local.phase {
+                if local.retry_stop_at.is_some_and(|at| now >= at) {
+                    local.retry_stop_at = None;
+                    actions.push(AgentAction::StopGroup {
+                        group: name.clone(),
+                        epoch: local.epoch,
+                        kind,
+                    });
+                }
+                // Keep the guard's deadline moving while we still hold the lease.
+                if local.guard_until < guard_deadline && lease_ok {
+                    local.guard_until = guard_deadline;
+                    actions.push(AgentAction::GuardHold {
+                        group: name.clone(),
+                        until: local.guard_until,
+                    });
+                }
                 continue;
             }
             let ours = gs.owner == Some(self.me) && gs.epoch == local.epoch;
-            let stop = if !lease_ok || !ours {
+            // Past the deadline handed to the guard, the guard has undone the
+            // group (we were paused): stop it ourselves too and start afresh.
+            let guard_fired = now >= local.guard_until;
+            let stop = if !lease_ok || !ours || guard_fired {
                 Some((StopKind::Emergency, None))
             } else if self.shutting_down {
                 Some((StopKind::Orderly, Some(ReleaseReason::Shutdown)))
@@ -330,11 +379,11 @@ impl Agent {
                     epoch: local.epoch,
                     kind,
                 });
-            } else if local.guard_until < self.lease_until {
-                local.guard_until = self.lease_until;
+            } else if local.guard_until < guard_deadline {
+                local.guard_until = guard_deadline;
                 actions.push(AgentAction::GuardHold {
                     group: name.clone(),
-                    until: self.lease_until,
+                    until: local.guard_until,
                 });
             }
         }
@@ -374,18 +423,20 @@ impl Agent {
             } else if move_away {
                 self.propose_release(&name, epoch, ReleaseReason::Moved, now, actions);
             } else if lease_ok {
+                let until = self.guard_deadline(topo);
                 self.groups.insert(
                     name.clone(),
                     LocalGroup {
                         epoch,
                         phase: GroupPhase::Starting,
-                        guard_until: self.lease_until,
+                        retry_stop_at: None,
+                        guard_until: until,
                     },
                 );
                 // The guard learns the deadline before anything is started.
                 actions.push(AgentAction::GuardHold {
                     group: name.clone(),
-                    until: self.lease_until,
+                    until,
                 });
                 actions.push(AgentAction::StartGroup { group: name, epoch });
             }

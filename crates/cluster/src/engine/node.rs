@@ -35,6 +35,11 @@ pub enum Event {
         group: GroupName,
         epoch: u64,
     },
+    GroupStopFailed {
+        group: GroupName,
+        epoch: u64,
+        reason: String,
+    },
     MonitorFailed {
         group: GroupName,
         epoch: u64,
@@ -214,6 +219,15 @@ impl NodeEngine {
                 result,
             }),
             Event::GroupStopped { group, epoch } => Some(AgentEvent::GroupStopped { group, epoch }),
+            Event::GroupStopFailed {
+                group,
+                epoch,
+                reason,
+            } => Some(AgentEvent::GroupStopFailed {
+                group,
+                epoch,
+                reason,
+            }),
             Event::MonitorFailed {
                 group,
                 epoch,

@@ -111,10 +111,11 @@ fn agent_starts_only_with_ownership_and_a_committed_lease() {
         "no lease yet, so no start: {actions:?}"
     );
     let actions = apply_renewal(&mut agent, 1, Some(A), 50, &topo);
-    // The guard must know the deadline before anything starts.
+    // The guard must know the deadline before anything starts; it acts half
+    // the stop margin (100 ms) before the lease ends at 800.
     let hold = actions
         .iter()
-        .position(|a| matches!(a, AgentAction::GuardHold { until: 800, .. }));
+        .position(|a| matches!(a, AgentAction::GuardHold { until: 750, .. }));
     let start = actions
         .iter()
         .position(|a| matches!(a, AgentAction::StartGroup { epoch: 1, .. }));
@@ -238,7 +239,7 @@ fn agent_extends_the_guard_deadline_as_renewals_commit() {
     assert!(
         actions.contains(&AgentAction::GuardHold {
             group: web(),
-            until: 1000
+            until: 950
         }),
         "{actions:?}"
     );
@@ -333,6 +334,49 @@ fn agent_does_not_restart_a_group_it_gave_up_while_the_release_is_pending() {
     assert!(!actions
         .iter()
         .any(|a| matches!(a, AgentAction::StartGroup { .. })));
+}
+
+#[test]
+fn a_failed_stop_keeps_the_group_and_retries_instead_of_releasing() {
+    // Review finding: a stop that failed (address still up, service still
+    // running) must not be followed by a release, or another node would start
+    // the group at once.
+    let topo = topo(false);
+    let mut agent = running_agent(&topo);
+    agent.on_event(
+        AgentEvent::MonitorFailed {
+            group: web(),
+            epoch: 1,
+            reason: "down".into(),
+        },
+        100,
+        &topo,
+    );
+    let actions = agent.on_event(
+        AgentEvent::GroupStopFailed {
+            group: web(),
+            epoch: 1,
+            reason: "stop command exited 1".into(),
+        },
+        150,
+        &topo,
+    );
+    assert!(
+        !actions.iter().any(|a| matches!(
+            a,
+            AgentAction::Propose(Command::Release { .. }) | AgentAction::GuardRelease { .. }
+        )),
+        "{actions:?}"
+    );
+    let actions = agent.on_event(AgentEvent::Tick, 1150, &topo);
+    assert!(
+        actions.contains(&AgentAction::StopGroup {
+            group: web(),
+            epoch: 1,
+            kind: StopKind::Orderly
+        }),
+        "retried after a second: {actions:?}"
+    );
 }
 
 #[test]

@@ -127,6 +127,18 @@ impl RaftRpcHandler {
                 }
                 PROPOSE => {
                     let req: ProposeRequest = decode("propose request", &body)?;
+                    // A member speaks only for itself: renewals and releases name
+                    // their sender, and a forged one could free a group its owner
+                    // still runs.
+                    if let Command::Renew { node, .. } | Command::Release { node, .. } =
+                        &req.command
+                    {
+                        if *node != peer_id {
+                            return Err(format!(
+                                "{peer} proposed a renewal or release in the name of another member"
+                            ));
+                        }
+                    }
                     let wait = Duration::from_millis(req.timeout_ms).min(MAX_PROPOSE_WAIT);
                     let reply = propose_here(&raft, req.command, wait)
                         .await

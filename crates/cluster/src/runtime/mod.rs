@@ -38,6 +38,8 @@ pub struct RuntimeOptions {
     pub endpoint: Arc<uphold_proto::rpc::Endpoint>,
     /// The guard process that undoes our groups if this daemon dies or stalls.
     pub guard: Option<GuardClient>,
+    /// How to start a new guard if it dies: program and arguments.
+    pub guard_command: Option<(std::path::PathBuf, Vec<String>)>,
     pub netlink: Arc<uphold_os::vip::Netlink>,
     /// Validated configs from SIGHUP reloads.
     pub reload: mpsc::UnboundedReceiver<ClusterConfig>,
@@ -92,6 +94,11 @@ pub fn topology_from(config: &ClusterConfig) -> Topology {
 }
 
 enum Done {
+    StopFailed {
+        group: GroupName,
+        epoch: u64,
+        reason: String,
+    },
     Proposal {
         token: u64,
         result: Option<crate::engine::ApplyResult>,
@@ -125,6 +132,9 @@ struct Executor {
     /// changes a running group's resources takes effect at its next start, and
     /// the stop undoes exactly what was started.
     started_with: BTreeMap<GroupName, Vec<ResourceSpec>>,
+    /// Deadlines the guard holds, to hand to a new guard if it has to be restarted.
+    guard_holds: BTreeMap<GroupName, Millis>,
+    guard_command: Option<(std::path::PathBuf, Vec<String>)>,
     proposal_timeout: Duration,
 }
 
@@ -186,6 +196,8 @@ pub async fn run(
         starts: BTreeMap::new(),
         monitors: BTreeMap::new(),
         started_with: BTreeMap::new(),
+        guard_holds: BTreeMap::new(),
+        guard_command: opts.guard_command,
         proposal_timeout: Duration::from_millis(topo.proposal_timeout_ms),
     };
     let incarnation = next_incarnation(&config.state_dir_for(&opts.me))?;
@@ -208,7 +220,18 @@ pub async fn run(
             }
             Some(done) = done_rx.recv() => match done {
                 Done::Proposal { token, result } => Event::ProposalDone { token, result },
-                Done::Started { group, epoch, result } => Event::GroupStarted { group, epoch, result },
+                Done::Started { group, epoch, result } => {
+                    if result.is_ok() {
+                        // Monitors begin once everything is up, so a resource still
+                        // starting is not judged failed.
+                        exec.spawn_monitors(&group, epoch);
+                    }
+                    Event::GroupStarted { group, epoch, result }
+                }
+                Done::StopFailed { group, epoch, reason } => {
+                    error!(%group, "stop failed; the group stays owned here and the stop is retried: {reason}");
+                    Event::GroupStopFailed { group, epoch, reason }
+                }
                 Done::Stopped { group, epoch } => Event::GroupStopped { group, epoch },
                 Done::MonitorFailed { group, epoch, reason } => {
                     warn!(%group, "monitor failed: {reason}");
@@ -245,6 +268,7 @@ pub async fn run(
         for action in engine.on_event(event, now) {
             exec.perform(action, &config);
         }
+        exec.check_guard();
         next_wake = engine.next_deadline(clock.now_ms(), MAX_IDLE_MS);
         if last_status.elapsed() >= Duration::from_millis(200) {
             last_status = tokio::time::Instant::now();
@@ -268,8 +292,11 @@ pub async fn run(
     exec.stop_everything().await;
     server.abort();
     if let Some(guard) = exec.guard.take() {
-        if let Err(e) = guard.shutdown() {
-            warn!("guard did not stop cleanly: {e}");
+        // Waits for the guard process to exit: blocking, so off the async workers.
+        match tokio::task::spawn_blocking(move || guard.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("guard did not stop cleanly: {e}"),
+            Err(e) => warn!("guard shutdown task failed: {e}"),
         }
     }
     match Arc::try_unwrap(raft) {
@@ -308,6 +335,7 @@ impl Executor {
                 });
             }
             Action::GuardHold { group, until } => {
+                self.guard_holds.insert(group.clone(), until);
                 let resources = self.resources(&group);
                 let env = self.runner.env(group.as_str());
                 if let Some(guard) = self.guard.as_mut() {
@@ -317,6 +345,7 @@ impl Executor {
                 }
             }
             Action::GuardRelease { group } => {
+                self.guard_holds.remove(&group);
                 if let Some(guard) = self.guard.as_mut() {
                     if let Err(e) = guard.release(group.as_str()) {
                         error!(%group, "guard unreachable: {e}");
@@ -340,7 +369,6 @@ impl Executor {
                     });
                 });
                 self.starts.insert(group.clone(), handle);
-                self.spawn_monitors(&group, epoch);
             }
             Action::StopGroup { group, epoch, kind } => {
                 match kind {
@@ -361,11 +389,56 @@ impl Executor {
                         start.abort();
                         let _ = start.await;
                     }
-                    runner.stop_all(group.as_str(), &resources, kind).await;
-                    info!(%group, epoch, "group stopped");
-                    let _ = tx.send(Done::Stopped { group, epoch });
+                    match runner.stop_all(group.as_str(), &resources, kind).await {
+                        Ok(()) => {
+                            info!(%group, epoch, "group stopped");
+                            let _ = tx.send(Done::Stopped { group, epoch });
+                        }
+                        Err(reason) => {
+                            let _ = tx.send(Done::StopFailed {
+                                group,
+                                epoch,
+                                reason,
+                            });
+                        }
+                    }
                 });
             }
+        }
+    }
+
+    /// The guard is the only thing that removes our addresses if this daemon is
+    /// killed or paused; if it died, start another and hand it every deadline.
+    fn check_guard(&mut self) {
+        let alive = match self.guard.as_mut() {
+            Some(guard) => guard.is_alive(),
+            None => return,
+        };
+        if alive {
+            return;
+        }
+        error!("the guard process died; starting a new one");
+        self.guard = None;
+        let Some((program, args)) = self.guard_command.clone() else {
+            return;
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match GuardClient::spawn(&program, &args) {
+            Ok(guard) => {
+                self.guard = Some(guard);
+                for (group, until) in self.guard_holds.clone() {
+                    let resources = self.resources(&group);
+                    let env = self.runner.env(group.as_str());
+                    if let Some(guard) = self.guard.as_mut() {
+                        if let Err(e) = guard.hold(group.as_str(), until, &resources, &env) {
+                            error!(%group, "new guard unreachable: {e}");
+                        }
+                    }
+                }
+            }
+            Err(e) => error!(
+                "cannot start a new guard: {e}; addresses are unprotected if this daemon dies"
+            ),
         }
     }
 
@@ -416,9 +489,13 @@ impl Executor {
             start.abort();
             let _ = start.await;
             let resources = self.resources(&group);
-            self.runner
+            if let Err(e) = self
+                .runner
                 .stop_all(group.as_str(), &resources, StopKind::Emergency)
-                .await;
+                .await
+            {
+                error!(%group, "stop at exit failed: {e}");
+            }
         }
     }
 }
@@ -437,7 +514,12 @@ fn next_incarnation(state_dir: &std::path::Path) -> anyhow::Result<u64> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
     };
-    let next = previous + 1;
+    // Also at least the wall clock in microseconds: a state directory restored
+    // from a backup or a VM snapshot must not hand out a number already used.
+    let wall_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let next = (previous + 1).max(wall_us);
     let tmp = state_dir.join("incarnation.tmp");
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;

@@ -51,18 +51,31 @@ impl ResourceRunner {
         Ok(())
     }
 
-    pub async fn stop_all(&self, group: &str, resources: &[ResourceSpec], kind: StopKind) {
+    /// Stops every resource, even after one fails; Err lists what may still be up.
+    pub async fn stop_all(
+        &self,
+        group: &str,
+        resources: &[ResourceSpec],
+        kind: StopKind,
+    ) -> Result<(), String> {
         let mut order: Vec<&ResourceSpec> = resources.iter().rev().collect();
         if kind == StopKind::Emergency {
             // Our lease is ending: the addresses must be gone before anyone else may
             // take them, so they go first and services follow.
             order.sort_by_key(|r| !matches!(r, ResourceSpec::Ip(_)));
         }
+        let mut failed = Vec::new();
         for resource in order {
             if let Err(e) = self.stop(group, resource).await {
                 // Keep going: a failed stop must not keep the other resources up.
                 warn!(group, resource = %resource.label(), "stop failed: {e}");
+                failed.push(format!("{}: {e}", resource.label()));
             }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
         }
     }
 
