@@ -261,13 +261,11 @@ pub async fn run(
         if leading != was_leader {
             was_leader = leading;
             info!(leader = leading, "leadership changed");
-            for action in engine.on_event(Event::Leadership(leading), now) {
-                exec.perform(action, &config);
-            }
+            let actions = engine.on_event(Event::Leadership(leading), now);
+            exec.perform_all(actions, &engine, &config);
         }
-        for action in engine.on_event(event, now) {
-            exec.perform(action, &config);
-        }
+        let actions = engine.on_event(event, now);
+        exec.perform_all(actions, &engine, &config);
         exec.check_guard();
         next_wake = engine.next_deadline(clock.now_ms(), MAX_IDLE_MS);
         if last_status.elapsed() >= Duration::from_millis(200) {
@@ -315,6 +313,19 @@ impl Executor {
             .group(group.as_str())
             .map(|g| g.resources.clone())
             .unwrap_or_default()
+    }
+
+    /// Publishes the current lease to the start tasks first: a start decided by
+    /// this very event may already run on another worker thread.
+    fn perform_all(&mut self, actions: Vec<Action>, engine: &NodeEngine, config: &ClusterConfig) {
+        let start_deadline = engine
+            .agent()
+            .lease_until()
+            .saturating_sub(engine.topology().stop_margin_ms);
+        self.runner.set_start_deadline(start_deadline);
+        for action in actions {
+            self.perform(action, config);
+        }
     }
 
     fn perform(&mut self, action: Action, _config: &ClusterConfig) {

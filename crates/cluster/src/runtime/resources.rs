@@ -2,7 +2,9 @@
 //! (addresses first in an emergency), and one monitor pass per resource.
 
 use crate::engine::StopKind;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
 use uphold_core::{ExecResource, IpResource, NodeName, ResourceSpec};
@@ -15,6 +17,13 @@ const ARP_GAP: Duration = Duration::from_millis(100);
 pub struct ResourceRunner {
     netlink: Arc<Netlink>,
     node: String,
+    /// CLOCK_MONOTONIC ms until which this node may still start things: the
+    /// lease end minus the stop margin, kept current by the executor. A start
+    /// that resumes after a pause checks it before every step.
+    start_deadline: Arc<AtomicU64>,
+    /// Per group: set when the group is being stopped, so address announcements
+    /// still in progress end at once.
+    announcing: Arc<Mutex<BTreeMap<String, Arc<AtomicBool>>>>,
 }
 
 impl std::fmt::Debug for ResourceRunner {
@@ -28,7 +37,17 @@ impl ResourceRunner {
         ResourceRunner {
             netlink,
             node: node.to_string(),
+            start_deadline: Arc::new(AtomicU64::new(0)),
+            announcing: Arc::new(Mutex::new(BTreeMap::new())),
         }
+    }
+
+    pub fn set_start_deadline(&self, deadline_ms: u64) {
+        self.start_deadline.store(deadline_ms, Ordering::SeqCst);
+    }
+
+    fn may_start(&self) -> bool {
+        uphold_os::clock::monotonic_now_ms() < self.start_deadline.load(Ordering::SeqCst)
     }
 
     /// What every exec command learns about its context, like heartbeat's
@@ -44,6 +63,12 @@ impl ResourceRunner {
     /// are left for the caller's stop (which undoes all of them, idempotently).
     pub async fn start_all(&self, group: &str, resources: &[ResourceSpec]) -> Result<(), String> {
         for resource in resources {
+            if !self.may_start() {
+                return Err(format!(
+                    "{}: the lease ended before the group finished starting",
+                    resource.label()
+                ));
+            }
             self.start(group, resource)
                 .await
                 .map_err(|e| format!("{}: {e}", resource.label()))?;
@@ -58,6 +83,11 @@ impl ResourceRunner {
         resources: &[ResourceSpec],
         kind: StopKind,
     ) -> Result<(), String> {
+        if let Ok(announcing) = self.announcing.lock() {
+            if let Some(cancel) = announcing.get(group) {
+                cancel.store(true, Ordering::SeqCst);
+            }
+        }
         let mut order: Vec<&ResourceSpec> = resources.iter().rev().collect();
         if kind == StopKind::Emergency {
             // Our lease is ending: the addresses must be gone before anyone else may
@@ -97,6 +127,9 @@ impl ResourceRunner {
     }
 
     async fn start_ip(&self, group: &str, ip: &IpResource) -> Result<(), String> {
+        if !self.may_start() {
+            return Err("the lease ended before the address was added".into());
+        }
         let outcome = self
             .netlink
             .add_address(&ip.interface, ip.address, ip.prefix_len)
@@ -108,10 +141,26 @@ impl ResourceRunner {
         info!(group, address = %ip.address, interface = %ip.interface, "address added");
         let interface = ip.interface.clone();
         let (address, count) = (ip.address, ip.arp_count);
-        // Announcements are spaced out; they must not delay the next resource.
+        let cancel = Arc::new(AtomicBool::new(false));
+        if let Ok(mut announcing) = self.announcing.lock() {
+            announcing.insert(group.to_string(), cancel.clone());
+        }
+        let runner = self.clone();
+        // Announcements are spaced out; they must not delay the next resource,
+        // and they stop the moment the group stops or the lease runs low: a late
+        // announcement would pull clients back from the new owner.
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = uphold_os::arp::announce(&interface, address, count, ARP_GAP) {
-                warn!(%interface, %address, "announcing the address failed: {e}");
+            for i in 0..count {
+                if cancel.load(Ordering::SeqCst) || !runner.may_start() {
+                    break;
+                }
+                if let Err(e) = uphold_os::arp::announce(&interface, address, 1, Duration::ZERO) {
+                    warn!(%interface, %address, "announcing the address failed: {e}");
+                    break;
+                }
+                if i + 1 < count {
+                    std::thread::sleep(ARP_GAP);
+                }
             }
         });
         Ok(())
