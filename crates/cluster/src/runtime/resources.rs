@@ -10,6 +10,23 @@ use tracing::{info, warn};
 use uphold_core::{ExecResource, IpResource, NodeName, ResourceSpec};
 use uphold_os::vip::{AddOutcome, Netlink};
 
+/// Deadline for one netlink request: the kernel answers in microseconds, so a
+/// request still pending after this is stuck and reported as a failure.
+const NETLINK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bounds a netlink call by [`NETLINK_TIMEOUT`].
+async fn netlink_call<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, uphold_os::OsError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(NETLINK_TIMEOUT, call).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "{what}: netlink did not answer within {NETLINK_TIMEOUT:?}"
+        )),
+    }
+}
+
 /// Spacing of the gratuitous ARP packets sent on takeover.
 const ARP_GAP: Duration = Duration::from_millis(100);
 
@@ -130,11 +147,12 @@ impl ResourceRunner {
         if !self.may_start() {
             return Err("the lease ended before the address was added".into());
         }
-        let outcome = self
-            .netlink
-            .add_address(&ip.interface, ip.address, ip.prefix_len)
-            .await
-            .map_err(|e| e.to_string())?;
+        let outcome = netlink_call(
+            "adding the address",
+            self.netlink
+                .add_address(&ip.interface, ip.address, ip.prefix_len),
+        )
+        .await?;
         if outcome == AddOutcome::AlreadyPresent {
             info!(group, address = %ip.address, "address was already present");
         }
@@ -169,10 +187,12 @@ impl ResourceRunner {
     async fn stop(&self, group: &str, resource: &ResourceSpec) -> Result<(), String> {
         match resource {
             ResourceSpec::Ip(ip) => {
-                self.netlink
-                    .remove_address(&ip.interface, ip.address, ip.prefix_len)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                netlink_call(
+                    "removing the address",
+                    self.netlink
+                        .remove_address(&ip.interface, ip.address, ip.prefix_len),
+                )
+                .await?;
                 info!(group, address = %ip.address, interface = %ip.interface, "address removed");
                 Ok(())
             }
@@ -213,19 +233,19 @@ impl ResourceRunner {
     }
 
     async fn monitor_ip(&self, ip: &IpResource) -> Result<(), String> {
-        let present = self
-            .netlink
-            .has_address(&ip.interface, ip.address)
-            .await
-            .map_err(|e| e.to_string())?;
+        let present = netlink_call(
+            "listing addresses",
+            self.netlink.has_address(&ip.interface, ip.address),
+        )
+        .await?;
         if !present {
             return Err(format!("{} is no longer on {}", ip.address, ip.interface));
         }
-        let up = self
-            .netlink
-            .interface_is_up(&ip.interface)
-            .await
-            .map_err(|e| e.to_string())?;
+        let up = netlink_call(
+            "reading the interface state",
+            self.netlink.interface_is_up(&ip.interface),
+        )
+        .await?;
         if !up {
             return Err(format!("interface {} is down", ip.interface));
         }
