@@ -5,6 +5,7 @@
 
 use crate::cli::{DemoArgs, DemoServiceAction, DemoServiceArgs};
 use crate::status::{fetch_status, http_get};
+use nix::sys::signal::Signal;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -231,7 +232,7 @@ impl Demo {
             "killing {owner}'s daemon with SIGKILL (pid {victim}, its whole process group), as a crash would"
         ));
         let killed_at = Instant::now();
-        kill_group(victim, libc_sigkill());
+        kill_group(victim, Signal::SIGKILL);
         if let Some(mut child) = self.children[owner_index].take() {
             let _ = child.wait();
         }
@@ -323,7 +324,7 @@ impl Demo {
 
     fn stop_all(&mut self) {
         for child in self.children.iter_mut().flatten() {
-            kill_group(child.id(), libc_sigterm());
+            kill_group(child.id(), Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         for slot in self.children.iter_mut() {
@@ -332,7 +333,7 @@ impl Demo {
                     match child.try_wait() {
                         Ok(Some(_)) | Err(_) => break,
                         Ok(None) if Instant::now() >= deadline => {
-                            kill_group(child.id(), libc_sigkill());
+                            kill_group(child.id(), Signal::SIGKILL);
                             let _ = child.wait();
                             break;
                         }
@@ -352,14 +353,7 @@ fn print_indented(text: &str) {
     println!();
 }
 
-fn libc_sigkill() -> nix::sys::signal::Signal {
-    nix::sys::signal::Signal::SIGKILL
-}
-fn libc_sigterm() -> nix::sys::signal::Signal {
-    nix::sys::signal::Signal::SIGTERM
-}
-
-fn kill_group(pid: u32, signal: nix::sys::signal::Signal) {
+fn kill_group(pid: u32, signal: Signal) {
     let pgid = nix::unistd::Pid::from_raw(pid as i32);
     let _ = nix::sys::signal::killpg(pgid, signal);
 }

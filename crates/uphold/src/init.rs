@@ -17,12 +17,12 @@ pub fn main(args: InitArgs) -> ExitCode {
     };
     // With a `{node}` template every member has its own directory holding a copy of
     // the CA: only that layout is used by the demo and tests on one host.
-    let ca_dir = dirs[0].0.clone();
+    let ca_dir = dirs[0].clone();
     if let Err(e) = uphold_proto::pki::init_ca(&ca_dir, &cluster, args.force) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    for ((dir, _), member) in dirs.iter().zip(members.iter()) {
+    for (dir, member) in dirs.iter().zip(members.iter()) {
         if let Err(e) = uphold_proto::pki::issue_member_cert(&ca_dir, &cluster, member) {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
@@ -42,7 +42,8 @@ pub fn main(args: InitArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-type Plan = (Vec<(PathBuf, ())>, String, Vec<NodeName>);
+/// Per member the directory its files go to, the cluster name, the members.
+type Plan = (Vec<PathBuf>, String, Vec<NodeName>);
 
 fn plan(args: &InitArgs) -> Result<Plan, String> {
     if let Some(path) = &args.config {
@@ -57,10 +58,7 @@ fn plan(args: &InitArgs) -> Result<Plan, String> {
             .cluster
             .ok_or_else(|| format!("{} has no [cluster] section", path.display()))?;
         let members: Vec<NodeName> = cluster.members.iter().map(|m| m.name.clone()).collect();
-        let dirs = members
-            .iter()
-            .map(|m| (cluster.tls_dir_for(m), ()))
-            .collect();
+        let dirs = members.iter().map(|m| cluster.tls_dir_for(m)).collect();
         return Ok((dirs, cluster.name.clone(), members));
     }
     let dir = args
@@ -79,7 +77,7 @@ fn plan(args: &InitArgs) -> Result<Plan, String> {
         .iter()
         .map(|m| NodeName::new(m.trim()).map_err(|e| format!("--members: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let dirs = members.iter().map(|_| (dir.clone(), ())).collect();
+    let dirs = members.iter().map(|_| dir.clone()).collect();
     Ok((dirs, cluster, members))
 }
 

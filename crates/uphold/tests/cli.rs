@@ -12,6 +12,14 @@ fn uphold() -> Command {
     Command::new(env!("CARGO_BIN_EXE_uphold"))
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn examples() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
@@ -105,14 +113,7 @@ impl Drop for Daemon {
 fn daemon_refuses_bad_peers_with_a_clear_log_line_and_keeps_running() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    let port = |_: ()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (p1, p2, api) = (port(()), port(()), port(()));
+    let (p1, p2, api) = (free_port(), free_port(), free_port());
     let config = dir.path().join("c.toml");
     std::fs::write(
         &config,
@@ -249,16 +250,7 @@ fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
 fn sighup_adds_and_removes_groups_and_refuses_a_broken_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let api = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (port, api) = (free_port(), free_port());
     let group = |name: &str| {
         format!(
             "[[group]]\nname = \"{name}\"\n[[group.resource]]\ntype = \"exec\"\nname = \"marker\"\n\

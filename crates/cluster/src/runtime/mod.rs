@@ -136,6 +136,9 @@ struct Executor {
     guard_holds: BTreeMap<GroupName, Millis>,
     guard_command: Option<(std::path::PathBuf, Vec<String>)>,
     proposal_timeout: Duration,
+    /// Proposals in flight. Each holds the Raft handle; at exit they are
+    /// cancelled so Raft can be shut down and its log closed.
+    proposals: tokio::task::JoinSet<()>,
 }
 
 /// Runs the cluster role until `shutdown` turns true and the groups are handed
@@ -199,6 +202,7 @@ pub async fn run(
         guard_holds: BTreeMap::new(),
         guard_command: opts.guard_command,
         proposal_timeout: Duration::from_millis(topo.proposal_timeout_ms),
+        proposals: tokio::task::JoinSet::new(),
     };
     let incarnation = next_incarnation(&config.state_dir_for(&opts.me))?;
     let mut engine = NodeEngine::new(me.id, incarnation, topo, clock.now_ms());
@@ -262,10 +266,10 @@ pub async fn run(
             was_leader = leading;
             info!(leader = leading, "leadership changed");
             let actions = engine.on_event(Event::Leadership(leading), now);
-            exec.perform_all(actions, &engine, &config);
+            exec.perform_all(actions, &engine);
         }
         let actions = engine.on_event(event, now);
-        exec.perform_all(actions, &engine, &config);
+        exec.perform_all(actions, &engine);
         exec.check_guard();
         next_wake = engine.next_deadline(clock.now_ms(), MAX_IDLE_MS);
         if last_status.elapsed() >= Duration::from_millis(200) {
@@ -297,9 +301,11 @@ pub async fn run(
             Err(e) => warn!("guard shutdown task failed: {e}"),
         }
     }
+    exec.proposals.shutdown().await;
+    drop(exec);
     match Arc::try_unwrap(raft) {
         Ok(raft) => raft.shutdown().await,
-        Err(_) => warn!("raft still referenced at shutdown"),
+        Err(_) => warn!("raft still referenced at shutdown; its log is closed at exit"),
     }
     Ok(())
 }
@@ -317,24 +323,26 @@ impl Executor {
 
     /// Publishes the current lease to the start tasks first: a start decided by
     /// this very event may already run on another worker thread.
-    fn perform_all(&mut self, actions: Vec<Action>, engine: &NodeEngine, config: &ClusterConfig) {
+    fn perform_all(&mut self, actions: Vec<Action>, engine: &NodeEngine) {
         let start_deadline = engine
             .agent()
             .lease_until()
             .saturating_sub(engine.topology().stop_margin_ms);
         self.runner.set_start_deadline(start_deadline);
         for action in actions {
-            self.perform(action, config);
+            self.perform(action);
         }
     }
 
-    fn perform(&mut self, action: Action, _config: &ClusterConfig) {
+    fn perform(&mut self, action: Action) {
         match action {
             Action::Propose { token, command } => {
                 let raft = self.raft.clone();
                 let tx = self.done_tx.clone();
                 let timeout = self.proposal_timeout;
-                tokio::spawn(async move {
+                // Reap finished ones so the set stays as small as what is in flight.
+                while self.proposals.try_join_next().is_some() {}
+                self.proposals.spawn(async move {
                     let result = match raft.propose(command, timeout).await {
                         Ok(result) => Some(result),
                         Err(e) => {
