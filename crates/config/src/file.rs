@@ -14,12 +14,17 @@ use std::fmt;
 pub(crate) struct FileConfig {
     pub cluster: Option<ClusterFile>,
     pub group: Option<Vec<GroupFile>>,
+    pub sync: Option<Vec<crate::sync::SyncFile>>,
+    pub balance: Option<Vec<crate::balance::BalanceFile>>,
 }
 
 impl FileConfig {
     /// True when no role section is present at all.
     pub fn is_empty(&self) -> bool {
-        self.cluster.is_none() && self.group.as_ref().is_none_or(Vec::is_empty)
+        self.cluster.is_none()
+            && self.group.as_ref().is_none_or(Vec::is_empty)
+            && self.sync.as_ref().is_none_or(Vec::is_empty)
+            && self.balance.as_ref().is_none_or(Vec::is_empty)
     }
 }
 

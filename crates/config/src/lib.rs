@@ -2,11 +2,13 @@
 //! typed [`Config`]. Every error names the file, line and key; see `CONFIG.md` for
 //! the reference of every key.
 
+pub mod balance;
 mod error;
 mod file;
 mod identity;
 mod locate;
 pub mod model;
+pub mod sync;
 mod validate;
 
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};

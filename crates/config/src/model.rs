@@ -10,6 +10,10 @@ use uphold_core::{GroupName, NodeId, NodeName, ResourceSpec};
 pub struct Config {
     /// Present when the file has a `[cluster]` section.
     pub cluster: Option<ClusterConfig>,
+    /// `[[sync]]` sets: trees replicated from one member to others.
+    pub sync: Vec<crate::sync::SyncConfig>,
+    /// `[[balance]]` frontends.
+    pub balance: Vec<crate::balance::BalanceConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Copy)]

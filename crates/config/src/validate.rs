@@ -50,7 +50,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn error(&mut self, path: &KeyPath, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, path: &KeyPath, message: impl Into<String>) {
         self.errors.push(ConfigError {
             file: self.file.to_string(),
             line: self.loc.line_of(path),
@@ -59,7 +59,7 @@ impl<'a> Ctx<'a> {
         });
     }
 
-    fn warn(&mut self, path: &KeyPath, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, path: &KeyPath, message: impl Into<String>) {
         self.warnings.push(ConfigWarning {
             file: self.file.to_string(),
             line: self.loc.line_of(path),
@@ -70,7 +70,7 @@ impl<'a> Ctx<'a> {
 
     /// "line 12" when the key is in the text, else its key path; for messages that
     /// point at a second place (the first of two duplicates).
-    fn place(&self, path: &KeyPath) -> String {
+    pub(crate) fn place(&self, path: &KeyPath) -> String {
         match self.loc.line_of(path) {
             Some(line) => format!("line {line}"),
             None => format!("key {path}"),
@@ -83,11 +83,18 @@ pub(crate) fn validate(file: FileConfig, ctx: &mut Ctx<'_>) -> Config {
     let root = KeyPath::root();
     if file.is_empty() {
         ctx.warn(&root, "no sections; nothing to run");
-        return Config { cluster: None };
+        return Config {
+            cluster: None,
+            sync: Vec::new(),
+            balance: Vec::new(),
+        };
     }
     let groups = file.group.unwrap_or_default();
     let cluster = match file.cluster {
-        Some(cluster) => validate_cluster(ctx, cluster, groups),
+        Some(cluster) => {
+            let other_roles = file.sync.as_ref().is_some_and(|s| !s.is_empty());
+            validate_cluster(ctx, cluster, groups, other_roles)
+        }
         None => {
             if !groups.is_empty() {
                 ctx.error(
@@ -100,13 +107,20 @@ pub(crate) fn validate(file: FileConfig, ctx: &mut Ctx<'_>) -> Config {
             None
         }
     };
-    Config { cluster }
+    let sync = crate::sync::validate_sync(ctx, file.sync.unwrap_or_default(), cluster.as_ref());
+    let balance = crate::balance::validate_balance(ctx, file.balance.unwrap_or_default());
+    Config {
+        cluster,
+        sync,
+        balance,
+    }
 }
 
 fn validate_cluster(
     ctx: &mut Ctx<'_>,
     c: ClusterFile,
     groups: Vec<GroupFile>,
+    other_roles: bool,
 ) -> Option<ClusterConfig> {
     let p = KeyPath::root().key("cluster");
     let name = match c.name.clone() {
@@ -149,6 +163,7 @@ fn validate_cluster(
     let voters = raw_members.len();
     let member_path = p.key("member");
     match voters {
+        _ if groups.is_empty() => {}
         0 => {}
         1 => ctx.warn(
             &member_path,
@@ -168,7 +183,7 @@ fn validate_cluster(
         ),
         _ => {}
     }
-    if groups.is_empty() {
+    if groups.is_empty() && !other_roles {
         ctx.warn(
             &KeyPath::root().key("group"),
             "no [[group]] sections; the cluster will run but hold no resources",
@@ -204,7 +219,7 @@ fn directory(
     Some(value)
 }
 
-fn duration(
+pub(crate) fn duration(
     ctx: &mut Ctx<'_>,
     path: &KeyPath,
     value: Option<&DurationText>,
@@ -236,7 +251,7 @@ fn duration(
     }
 }
 
-fn show(d: Duration) -> String {
+pub(crate) fn show(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
@@ -349,7 +364,7 @@ struct RawMember {
 }
 
 /// Parses `ip:port`. The messages cover the usual ways of getting it wrong.
-fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+pub(crate) fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         if addr.port() == 0 {
             return Err("port must not be 0".to_string());
@@ -888,7 +903,7 @@ fn validate_ip(
 }
 
 /// Checks one argv list; `required` is false only for `monitor`.
-fn argv(
+pub(crate) fn argv(
     ctx: &mut Ctx<'_>,
     path: &KeyPath,
     who: &str,

@@ -187,6 +187,8 @@ fn full_file_lands_in_the_typed_model() {
             state_dir: "/srv/uphold/{node}".to_string(),
             tls_dir: "/srv/uphold/tls/{node}".to_string(),
         }),
+        sync: Vec::new(),
+        balance: Vec::new(),
     };
     assert_eq!(loaded.config, expected);
     let cluster = loaded.config.cluster.as_ref().unwrap();
@@ -365,7 +367,14 @@ fn a_cluster_without_groups_warns() {
 fn an_empty_file_is_valid_but_warns() {
     for text in ["", "\n\n", "# only a comment\n"] {
         let loaded = load_ok(text);
-        assert_eq!(loaded.config, Config { cluster: None });
+        assert_eq!(
+            loaded.config,
+            Config {
+                cluster: None,
+                sync: Vec::new(),
+                balance: Vec::new()
+            }
+        );
         let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
         assert_eq!(warnings, ["t.toml: no sections; nothing to run"]);
     }

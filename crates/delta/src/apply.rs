@@ -176,7 +176,13 @@ impl<B: Read + Seek, W: Write> Applier<B, W> {
     }
 
     /// Flushes the output and checks length and hash against the sender's.
-    pub fn finish(mut self, expected: &DeltaEnd) -> Result<ApplySummary, ApplyError> {
+    pub fn finish(self, expected: &DeltaEnd) -> Result<ApplySummary, ApplyError> {
+        self.finish_into(expected).map(|(summary, _)| summary)
+    }
+
+    /// Like [`Applier::finish`], handing back the output (e.g. a file still to be
+    /// renamed into place).
+    pub fn finish_into(mut self, expected: &DeltaEnd) -> Result<(ApplySummary, W), ApplyError> {
         self.out.flush().map_err(ApplyError::Output)?;
         if self.written != expected.len {
             return Err(ApplyError::LengthMismatch {
@@ -191,11 +197,14 @@ impl<B: Read + Seek, W: Write> Applier<B, W> {
                 actual: hex(&hash),
             });
         }
-        Ok(ApplySummary {
-            len: self.written,
-            hash,
-            stats: self.stats,
-        })
+        Ok((
+            ApplySummary {
+                len: self.written,
+                hash,
+                stats: self.stats,
+            },
+            self.out,
+        ))
     }
 }
 

@@ -21,8 +21,8 @@ pub use apply::{apply, Applier, ApplyError, ApplySummary};
 pub use delta::{DeltaEncoder, DeltaEnd, DeltaSummary, Op, MAX_LITERAL};
 pub use rolling::Rolling;
 pub use signature::{
-    block_size_for, BlockSig, Signature, SignatureError, DEFAULT_MAX_BLOCKS, MAX_BLOCK_SIZE,
-    MIN_BLOCK_SIZE, MIN_EXPLICIT_BLOCK_SIZE, STRONG_LEN,
+    block_size_for, BlockSig, Signature, SignatureBuilder, SignatureError, DEFAULT_MAX_BLOCKS,
+    MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, MIN_EXPLICIT_BLOCK_SIZE, STRONG_LEN,
 };
 pub use stats::DeltaStats;
 pub use wire::{Record, WireError, WireWriter};

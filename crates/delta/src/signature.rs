@@ -113,6 +113,72 @@ fn blocks_for(basis_len: u64, block_size: u32) -> u64 {
     basis_len.div_ceil(u64::from(block_size))
 }
 
+/// Builds a signature from bytes as they are written, so a receiver can keep the
+/// signature of a file it just wrote and never read that file again to compute one.
+#[derive(Debug)]
+pub struct SignatureBuilder {
+    seed: u64,
+    block_size: u32,
+    basis_len: u64,
+    blocks: Vec<BlockSig>,
+    partial: Vec<u8>,
+}
+
+impl SignatureBuilder {
+    pub fn new(block_size: u32, seed: u64) -> io::Result<Self> {
+        if !(MIN_EXPLICIT_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                SignatureError::BadBlockSize(block_size),
+            ));
+        }
+        Ok(SignatureBuilder {
+            seed,
+            block_size,
+            basis_len: 0,
+            blocks: Vec::new(),
+            partial: Vec::with_capacity(block_size as usize),
+        })
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        let bs = self.block_size as usize;
+        self.basis_len += data.len() as u64;
+        while !data.is_empty() {
+            let take = (bs - self.partial.len()).min(data.len());
+            if self.partial.is_empty() && take == bs {
+                self.blocks.push(Self::block(self.seed, &data[..bs]));
+            } else {
+                self.partial.extend_from_slice(&data[..take]);
+                if self.partial.len() == bs {
+                    self.blocks.push(Self::block(self.seed, &self.partial));
+                    self.partial.clear();
+                }
+            }
+            data = &data[take..];
+        }
+    }
+
+    fn block(seed: u64, data: &[u8]) -> BlockSig {
+        BlockSig {
+            weak: Rolling::weak_of(seed, data),
+            strong: strong_hash(data),
+        }
+    }
+
+    pub fn finish(mut self) -> Signature {
+        if !self.partial.is_empty() {
+            self.blocks.push(Self::block(self.seed, &self.partial));
+        }
+        Signature {
+            seed: self.seed,
+            block_size: self.block_size,
+            basis_len: self.basis_len,
+            blocks: self.blocks,
+        }
+    }
+}
+
 impl Signature {
     /// Signature of `reader` with the block size [`block_size_for`] picks for
     /// `len_hint` (the expected length; a wrong hint only costs efficiency) and seed 0.

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use uphold_delta::wire::{read_record, write_end, write_op, WireWriter, MAX_RECORD_LEN};
 use uphold_delta::{
     apply, block_size_for, Applier, ApplyError, DeltaEncoder, DeltaEnd, Op, Record, Signature,
-    MAX_LITERAL,
+    SignatureBuilder, MAX_LITERAL,
 };
 
 /// Upper bound on the encoder's buffer: pending literal + window + one read chunk.
@@ -112,6 +112,25 @@ fn apply_edits(mut data: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn signature_built_while_writing_equals_one_computed_by_reading(
+        data in prop::collection::vec(any::<u8>(), 0..5000),
+        cuts in prop::collection::vec(1usize..700, 0..20),
+        bs in prop::sample::select(vec![8u32, 16, 64, 100, 1024]),
+        seed in any::<u64>(),
+    ) {
+        let mut builder = SignatureBuilder::new(bs, seed).unwrap();
+        let mut rest = &data[..];
+        for cut in cuts {
+            let n = cut.min(rest.len());
+            builder.update(&rest[..n]);
+            rest = &rest[n..];
+        }
+        builder.update(rest);
+        let read = Signature::compute_with(&data[..], bs, seed).unwrap();
+        prop_assert_eq!(builder.finish(), read);
+    }
 
     #[test]
     fn edited_files_rebuild_exactly(

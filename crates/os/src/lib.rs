@@ -16,12 +16,15 @@
 //!   when the daemon dies or overruns its lease: [`GuardClient`] on the daemon
 //!   side, [`run_guard_process`] as the body of `uphold guard` ([`run_guard`]
 //!   is its loop over any reader).
+//! - [`confined`]: [`confined::DirFd`], directory handles that never follow a
+//!   symlink out of a tree (the sync receiver writes only through these).
 //! - [`error`]: [`OsError`], the single error type.
 
 #![allow(unsafe_code)]
 
 pub mod arp;
 pub mod clock;
+pub mod confined;
 pub mod error;
 pub mod exec;
 pub mod guard;

@@ -1,0 +1,159 @@
+//! Replication of real trees through a real receiver (in-process transport): what is
+//! sent, what arrives, and what is refused.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use uphold_sync::engine::batcher::Outcome;
+use uphold_sync::engine::pending::Pending;
+use uphold_sync::path::RelPath;
+
+fn rp(s: &str) -> RelPath {
+    RelPath::new(s.as_bytes().to_vec()).unwrap()
+}
+
+#[test]
+fn a_tree_arrives_complete_and_a_second_pass_sends_nothing() {
+    let pair = Pair::new();
+    let s = &pair.source;
+    std::fs::create_dir_all(s.join("a/b/c")).unwrap();
+    std::fs::write(s.join("a/small"), b"hello").unwrap();
+    std::fs::write(s.join("a/b/c/big"), vec![7u8; 3_000_000]).unwrap();
+    std::fs::write(s.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("a/small", s.join("link")).unwrap();
+    std::fs::set_permissions(s.join("a/small"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    rt().block_on(async {
+        pair.sync_all().await;
+        assert_same(&pair);
+        let before = pair.wire_bytes();
+        let files = pair
+            .counters
+            .files_sent
+            .load(std::sync::atomic::Ordering::Relaxed);
+        pair.sync_all().await;
+        assert_eq!(
+            pair.counters
+                .files_sent
+                .load(std::sync::atomic::Ordering::Relaxed),
+            files
+        );
+        assert!(
+            pair.wire_bytes() - before < 2_000,
+            "an unchanged tree cost {} bytes",
+            pair.wire_bytes() - before
+        );
+    });
+}
+
+#[test]
+fn a_changed_large_file_travels_as_a_delta_against_the_cached_signature() {
+    let pair = Pair::new();
+    let mut data: Vec<u8> = (0..8_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(pair.source.join("db"), &data).unwrap();
+    rt().block_on(async {
+        pair.sync_all().await;
+        data[4_000_000..4_004_096].fill(0xAB);
+        std::fs::write(pair.source.join("db"), &data).unwrap();
+        let before = pair.wire_bytes();
+        let mut batch = Pending::default();
+        batch.add_changed(&rp("db"));
+        assert!(matches!(
+            pair.send(batch).await,
+            Outcome::Done { error: None, .. }
+        ));
+        let cost = pair.wire_bytes() - before;
+        assert_same(&pair);
+        assert_eq!(
+            pair.counters
+                .delta_files
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert!(cost < 200_000, "4 KiB change in 8 MB cost {cost} bytes");
+    });
+}
+
+#[test]
+fn a_directory_rename_is_a_rename_on_the_target() {
+    let pair = Pair::new();
+    std::fs::create_dir_all(pair.source.join("old/sub")).unwrap();
+    for i in 0..500 {
+        std::fs::write(
+            pair.source.join(format!("old/sub/f{i}")),
+            vec![i as u8; 4096],
+        )
+        .unwrap();
+    }
+    rt().block_on(async {
+        pair.sync_all().await;
+        std::fs::rename(pair.source.join("old"), pair.source.join("new")).unwrap();
+        let before = pair.wire_bytes();
+        let mut batch = Pending::default();
+        batch.add_rename(&rp("old"), &rp("new"), true);
+        assert!(matches!(
+            pair.send(batch).await,
+            Outcome::Done { error: None, .. }
+        ));
+        assert_same(&pair);
+        let cost = pair.wire_bytes() - before;
+        assert!(cost < 20_000, "rename of 500 files cost {cost} bytes");
+    });
+}
+
+#[test]
+fn an_emptied_or_missing_source_halts_instead_of_deleting() {
+    let pair = Pair::new();
+    std::fs::write(pair.source.join("precious"), b"x").unwrap();
+    rt().block_on(async {
+        pair.sync_all().await;
+        std::fs::remove_file(pair.source.join("precious")).unwrap();
+        assert!(matches!(
+            pair.send(Pending::everything()).await,
+            Outcome::Halted { .. }
+        ));
+        let mut batch = Pending::default();
+        batch.add_changed(&rp("precious"));
+        assert!(matches!(pair.send(batch).await, Outcome::Halted { .. }));
+        std::fs::remove_dir(&pair.source).unwrap();
+        assert!(matches!(
+            pair.send(Pending::everything()).await,
+            Outcome::Halted { .. }
+        ));
+        assert!(pair.target.join("precious").exists());
+    });
+}
+
+#[test]
+fn excluded_entries_are_neither_sent_nor_deleted() {
+    let pair = Pair::with_excludes(vec!["*.tmp".into(), "/cache/".into()]);
+    std::fs::create_dir_all(pair.source.join("cache")).unwrap();
+    std::fs::write(pair.source.join("cache/x"), b"x").unwrap();
+    std::fs::write(pair.source.join("a.tmp"), b"x").unwrap();
+    std::fs::write(pair.source.join("keep"), b"x").unwrap();
+    std::fs::write(pair.target.join("b.tmp"), b"target's own").unwrap();
+    rt().block_on(async {
+        pair.sync_all().await;
+        assert!(!pair.target.join("cache").exists());
+        assert!(!pair.target.join("a.tmp").exists());
+        assert!(pair.target.join("b.tmp").exists());
+        assert!(pair.target.join("keep").exists());
+    });
+}
+
+#[test]
+fn an_unreachable_target_returns_the_batch() {
+    let pair = Pair::new();
+    std::fs::write(pair.source.join("f"), b"x").unwrap();
+    pair.transport
+        .cut
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    rt().block_on(async {
+        match pair.send(Pending::everything()).await {
+            Outcome::Unreachable { batch, .. } => assert_eq!(batch, Pending::everything()),
+            other => panic!("{other:?}"),
+        }
+    });
+}
