@@ -94,6 +94,17 @@ pub struct SyncConfig {
 }
 
 impl SyncConfig {
+    /// The tree this member sends from; `{node}` in the path is replaced by the member's
+    /// name (so several members can share one host, as in tests and the demo).
+    pub fn source_for(&self, me: &NodeName) -> PathBuf {
+        PathBuf::from(self.source.to_string_lossy().replace("{node}", me.as_str()))
+    }
+
+    /// The tree this member receives into; `{node}` as for [`SyncConfig::source_for`].
+    pub fn target_for(&self, me: &NodeName) -> PathBuf {
+        PathBuf::from(self.target.to_string_lossy().replace("{node}", me.as_str()))
+    }
+
     /// Members that receive when `source` sends.
     pub fn receivers_of<'a>(&'a self, source: &'a NodeName) -> impl Iterator<Item = &'a NodeName> {
         self.nodes.iter().filter(move |n| *n != source)

@@ -18,6 +18,9 @@
 //!   is its loop over any reader).
 //! - [`confined`]: [`confined::DirFd`], directory handles that never follow a
 //!   symlink out of a tree (the sync receiver writes only through these).
+//! - [`watch`]: recursive directory-tree watching for replication:
+//!   [`watch::TreeWatcher`] turns inotify events into [`watch::Hint`]s, falling
+//!   back to periodic rescans where the watch limit is reached.
 //! - [`error`]: [`OsError`], the single error type.
 
 #![allow(unsafe_code)]
@@ -29,6 +32,7 @@ pub mod error;
 pub mod exec;
 pub mod guard;
 pub mod vip;
+pub mod watch;
 
 #[cfg(test)]
 mod testns;

@@ -22,6 +22,10 @@ const LENGTH_BYTES: usize = 4;
 pub struct FrameCodec {
     inner: LengthDelimitedCodec,
     max: usize,
+    /// Length of the frame whose header was consumed and whose payload is still
+    /// arriving. A frame larger than one socket read arrives over several `decode`
+    /// calls; only the first of them starts with a header.
+    pending: Option<usize>,
 }
 
 impl FrameCodec {
@@ -34,6 +38,7 @@ impl FrameCodec {
         FrameCodec {
             inner,
             max: max_frame_bytes,
+            pending: None,
         }
     }
 
@@ -53,17 +58,30 @@ impl Decoder for FrameCodec {
     type Error = ProtoError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, ProtoError> {
-        // Checked here as well as in the inner codec, to report the announced size instead
-        // of a generic "frame size too big".
-        if let Some(prefix) = src.get(..LENGTH_BYTES) {
-            let mut len = [0u8; LENGTH_BYTES];
-            len.copy_from_slice(prefix);
-            let len = u32::from_be_bytes(len) as usize;
-            if len > self.max {
-                return Err(ProtoError::FrameTooLarge { len, max: self.max });
+        let len = match self.pending {
+            Some(len) => len,
+            None => {
+                let Some(prefix) = src.get(..LENGTH_BYTES) else {
+                    return Ok(None);
+                };
+                let mut len = [0u8; LENGTH_BYTES];
+                len.copy_from_slice(prefix);
+                let len = u32::from_be_bytes(len) as usize;
+                // Refused from the header alone, before any of the payload is buffered.
+                if len > self.max {
+                    return Err(ProtoError::FrameTooLarge { len, max: self.max });
+                }
+                let _ = src.split_to(LENGTH_BYTES);
+                self.pending = Some(len);
+                len
             }
+        };
+        if src.len() < len {
+            src.reserve(len - src.len());
+            return Ok(None);
         }
-        Ok(self.inner.decode(src)?)
+        self.pending = None;
+        Ok(Some(src.split_to(len)))
     }
 }
 
@@ -177,6 +195,29 @@ mod tests {
         let payload = codec.decode(&mut buf).unwrap().unwrap();
         assert_eq!(decode::<Msg>(&payload, "msg").unwrap(), msg);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_frame_arriving_in_pieces_is_not_mistaken_for_a_new_header() {
+        // Regression: the payload's first bytes were once read as a length on the second
+        // read of a large frame, closing the connection with "frame too large".
+        let mut codec = FrameCodec::new(1024);
+        let payload: Vec<u8> = [0xFFu8, 0xFF, 0xFF, 0xFF]
+            .iter()
+            .copied()
+            .chain(0..100u8)
+            .collect();
+        let mut wire = BytesMut::new();
+        codec
+            .encode(Bytes::from(payload.clone()), &mut wire)
+            .unwrap();
+        let mut src = wire.split_to(10);
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        src.extend_from_slice(&wire.split_to(50));
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        src.extend_from_slice(&wire);
+        assert_eq!(codec.decode(&mut src).unwrap().unwrap().to_vec(), payload);
+        assert!(codec.decode(&mut src).unwrap().is_none());
     }
 
     #[test]

@@ -158,6 +158,60 @@ pub trait RpcHandler: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
 }
 
+/// Serves several handlers on one endpoint, each owning a range of service numbers
+/// (the cluster 1-4, file sync 20, ...), so members need one port between them.
+pub struct ServiceRouter {
+    routes: Vec<(std::ops::RangeInclusive<u16>, Arc<dyn RpcHandler>)>,
+}
+
+impl ServiceRouter {
+    pub fn new() -> Self {
+        ServiceRouter { routes: Vec::new() }
+    }
+
+    pub fn route(
+        mut self,
+        services: std::ops::RangeInclusive<u16>,
+        handler: Arc<dyn RpcHandler>,
+    ) -> Self {
+        self.routes.push((services, handler));
+        self
+    }
+}
+
+impl Default for ServiceRouter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for ServiceRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ranges: Vec<_> = self.routes.iter().map(|(r, _)| r.clone()).collect();
+        f.debug_struct("ServiceRouter")
+            .field("routes", &ranges)
+            .finish()
+    }
+}
+
+impl RpcHandler for ServiceRouter {
+    fn handle(
+        &self,
+        peer: NodeName,
+        service: u16,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        match self
+            .routes
+            .iter()
+            .find(|(range, _)| range.contains(&service))
+        {
+            Some((_, handler)) => handler.handle(peer, service, body),
+            None => Box::pin(async move { Err(format!("unknown service {service}")) }),
+        }
+    }
+}
+
 /// Accepts and serves connections until `shutdown` completes, then closes every connection
 /// and returns once they are all gone.
 pub async fn serve(

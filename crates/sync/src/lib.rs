@@ -7,6 +7,8 @@
 //! - [`engine`]: the pure decisions: pending changes, batching per target, planning.
 //! - [`sender`]: runs one batch against one target through a [`transport`].
 //! - [`receiver`]: the receiving side (compare, atomic apply, streamed and delta files).
+//! - [`service`]: the sets running on this member: direction, watcher, one batcher per
+//!   target; [`status`] is what it reports.
 //! - [`sigcache`]: signatures of large files kept by the receiver, so a delta reads the
 //!   target file once.
 
@@ -17,5 +19,7 @@ pub mod protocol;
 pub mod receiver;
 pub mod scan;
 pub mod sender;
+pub mod service;
 pub mod sigcache;
+pub mod status;
 pub mod transport;

@@ -57,6 +57,7 @@ pub struct ReceiverCounters {
 }
 
 pub struct Receiver {
+    me: NodeName,
     sets: RwLock<HashMap<String, Arc<ReceiverSet>>>,
     is_sender: SenderCheck,
     state_dir: Option<PathBuf>,
@@ -124,8 +125,14 @@ impl Write for SigWriter {
 impl Receiver {
     /// `state_dir`: where signatures of large files are cached (per set); `None` disables
     /// the cache (a delta then reads the target file twice).
-    pub fn new(sets: &[SyncConfig], is_sender: SenderCheck, state_dir: Option<PathBuf>) -> Self {
+    pub fn new(
+        me: NodeName,
+        sets: &[SyncConfig],
+        is_sender: SenderCheck,
+        state_dir: Option<PathBuf>,
+    ) -> Self {
         let r = Receiver {
+            me,
             sets: RwLock::new(HashMap::new()),
             is_sender,
             state_dir,
@@ -142,6 +149,9 @@ impl Receiver {
     pub fn set_sets(&self, sets: &[SyncConfig]) {
         let mut map = HashMap::new();
         for set in sets {
+            // `{node}` in the target path names this member.
+            let mut set = set.clone();
+            set.target = set.target_for(&self.me);
             let excludes = match Excludes::new(&set.exclude) {
                 Ok(ex) => ex,
                 Err(e) => {
@@ -162,7 +172,7 @@ impl Receiver {
             map.insert(
                 set.name.as_str().to_string(),
                 Arc::new(ReceiverSet {
-                    config: set.clone(),
+                    config: set,
                     excludes,
                     sigcache,
                 }),

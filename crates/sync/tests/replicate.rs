@@ -157,3 +157,33 @@ fn an_unreachable_target_returns_the_batch() {
         }
     });
 }
+
+/// Cost of the 10,000-file burst through the real receiver, for profiling:
+/// `cargo test --release -p uphold-sync --test replicate burst_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn burst_cost() {
+    let pair = Pair::new();
+    for d in 0..100 {
+        let dir = pair.source.join(format!("burst/d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(dir.join(format!("f{f}")), vec![(d * f) as u8; 4096]).unwrap();
+        }
+    }
+    let start = std::time::Instant::now();
+    let cpu = |who| {
+        let usage = nix::sys::resource::getrusage(who).unwrap();
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(usage.user_time()) + t(usage.system_time())
+    };
+    let cpu0 = cpu(nix::sys::resource::UsageWho::RUSAGE_SELF);
+    rt().block_on(pair.sync_all());
+    println!(
+        "10k files: {:.2}s wall, {:.2}s cpu, {} bytes on the wire",
+        start.elapsed().as_secs_f64(),
+        cpu(nix::sys::resource::UsageWho::RUSAGE_SELF) - cpu0,
+        pair.wire_bytes()
+    );
+    assert_same(&pair);
+}

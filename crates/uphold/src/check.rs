@@ -19,6 +19,12 @@ pub fn main(args: CheckArgs) -> ExitCode {
                 ),
                 None => "no cluster section".to_string(),
             };
+            let sets = loaded.config.sync.len();
+            let summary = match sets {
+                0 => summary,
+                1 => format!("{summary}, 1 sync set"),
+                n => format!("{summary}, {n} sync sets"),
+            };
             println!("{}: OK ({summary})", args.config.display());
             ExitCode::SUCCESS
         }

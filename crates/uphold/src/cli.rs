@@ -29,12 +29,38 @@ pub enum Command {
     Init(InitArgs),
     /// A self-contained 3-node cluster on loopback that fails over before your eyes.
     Demo(DemoArgs),
+    /// File sync: `uphold sync once SET` brings the targets up to date and exits.
+    #[command(subcommand)]
+    Sync(SyncCommand),
     /// The tiny service the demo floats between its nodes.
     #[command(hide = true)]
     DemoService(DemoServiceArgs),
     /// Internal: the process that removes addresses if the daemon dies.
     #[command(hide = true)]
     Guard,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SyncCommand {
+    /// Compare the whole set with its targets, send the differences with a progress
+    /// line, and exit (0 when every target is identical). A replacement for a
+    /// hand-run rsync; the targets must be running `uphold run`.
+    Once(SyncOnceArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SyncOnceArgs {
+    #[command(flatten)]
+    pub select: NodeSelect,
+    /// The `[[sync]]` set's name.
+    pub set: String,
+    /// Only this target (repeatable); default: every member that receives the set.
+    #[arg(long = "to")]
+    pub to: Vec<String>,
+    /// Send even though this member does not run the set's group (or the daemon
+    /// cannot say whether it does).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]

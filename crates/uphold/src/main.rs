@@ -7,6 +7,7 @@ mod demo;
 mod init;
 mod run;
 mod status;
+mod sync_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
         cli::Command::Status(args) => status::main(args),
         cli::Command::Init(args) => init::main(args),
         cli::Command::Demo(args) => demo::main(args),
+        cli::Command::Sync(cli::SyncCommand::Once(args)) => sync_cmd::once(args),
         cli::Command::DemoService(args) => demo::service_main(args),
         cli::Command::Guard => match uphold_os::guard::run_guard_process() {
             Ok(()) => ExitCode::SUCCESS,

@@ -22,7 +22,8 @@ pub fn main(args: RunArgs) -> ExitCode {
     for warning in &loaded.warnings {
         warn!("{warning}");
     }
-    let Some(cluster) = loaded.config.cluster.clone() else {
+    let config = loaded.config;
+    let Some(cluster) = config.cluster.clone() else {
         eprintln!(
             "error: {}: nothing to run (no [cluster] section)",
             args.select.config.display()
@@ -47,7 +48,7 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon(args.select.config.clone(), cluster, me)) {
+    match runtime.block_on(daemon(args.select.config.clone(), config, cluster, me)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -77,8 +78,19 @@ fn init_logging(filter: &str) {
         .init();
 }
 
+/// What `GET /v1/status` returns: each role's part, absent when the role is not
+/// configured. The cluster's fields sit at the top level (as before sync existed).
+#[derive(serde::Serialize)]
+struct NodeStatus {
+    #[serde(flatten)]
+    cluster: Option<uphold_cluster::runtime::status::ClusterStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync: Option<uphold_sync::status::SyncStatus>,
+}
+
 async fn daemon(
     config_path: std::path::PathBuf,
+    config: uphold_config::Config,
     cluster: uphold_config::ClusterConfig,
     me: uphold_config::Member,
 ) -> anyhow::Result<()> {
@@ -93,29 +105,86 @@ async fn daemon(
         cluster.name.clone(),
         allowed,
     ));
-    let rpc = Arc::new(uphold_proto::rpc::RpcClient::new(endpoint.clone()));
-
-    let exe = std::env::current_exe()
-        .map_err(|e| anyhow::anyhow!("cannot find our own executable for the guard: {e}"))?;
-    let guard = uphold_os::guard::GuardClient::spawn(&exe, &["guard"])
-        .map_err(|e| anyhow::anyhow!("cannot start the guard process: {e}"))?;
-    let netlink =
-        Arc::new(uphold_os::vip::Netlink::new().map_err(|e| anyhow::anyhow!("netlink: {e}"))?);
-
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
     spawn_signal_handler(shutdown_tx, config_path, reload_tx)?;
 
     let status_cell: StatusCell = Arc::new(RwLock::new(None));
+    // A file that only names members for file sync runs no consensus. A cluster with
+    // no groups yet still runs it, so groups can be added with SIGHUP.
+    let run_cluster = !cluster.groups.is_empty() || config.sync.is_empty();
+
+    // File sync: the receiver answers on the members' port; the sets' threads send.
+    let sync = if config.sync.is_empty() {
+        None
+    } else {
+        let group_active = group_active_fn(status_cell.clone(), me.name.clone());
+        let me_name = me.name.clone();
+        let sender_check_active = group_active.clone();
+        let receiver = Arc::new(uphold_sync::receiver::Receiver::new(
+            me.name.clone(),
+            &config.sync,
+            Arc::new(move |set: &uphold_config::sync::SyncConfig| {
+                uphold_sync::service::is_sender(set, &me_name, &sender_check_active)
+            }),
+            Some(cluster.state_dir_for(&me.name)),
+        ));
+        let service = uphold_sync::service::SyncService::start(
+            uphold_sync::service::SyncOptions {
+                me: me.name.clone(),
+                addresses: cluster
+                    .members
+                    .iter()
+                    .map(|m| (m.name.clone(), m.address))
+                    .collect(),
+                endpoint: endpoint.clone(),
+                group_active,
+            },
+            config.sync.clone(),
+            receiver.clone(),
+        );
+        Some((receiver, Arc::new(std::sync::Mutex::new(Some(service)))))
+    };
+    let mut extra_services: Vec<(
+        std::ops::RangeInclusive<u16>,
+        Arc<dyn uphold_proto::RpcHandler>,
+    )> = Vec::new();
+    if let Some((receiver, _)) = &sync {
+        let service = uphold_sync::protocol::SYNC_SERVICE;
+        extra_services.push((
+            service..=service,
+            Arc::new(uphold_sync::receiver::ReceiverHandler(receiver.clone())),
+        ));
+    }
+
     let api_status = status_cell.clone();
+    let api_sync = sync.as_ref().map(|(_, s)| s.clone());
     let status_fn: uphold_web::StatusFn = Arc::new(move || {
-        let cell = api_status.read().ok()?;
-        let status = cell.as_ref()?;
-        serde_json::to_value(status).ok()
+        let cluster = api_status.read().ok().and_then(|c| c.clone());
+        let sync = api_sync
+            .as_ref()
+            .and_then(|s| s.lock().ok().and_then(|s| s.as_ref().map(|s| s.status())));
+        if cluster.is_none() && sync.is_none() {
+            return None;
+        }
+        serde_json::to_value(NodeStatus { cluster, sync }).ok()
     });
     let metrics_cell = status_cell.clone();
-    let metrics_fn: uphold_web::MetricsFn =
-        Arc::new(move || runtime::metrics::render(&metrics_cell));
+    let metrics_sync = sync.as_ref().map(|(_, s)| s.clone());
+    let metrics_fn: uphold_web::MetricsFn = Arc::new(move || {
+        let mut text = runtime::metrics::render(&metrics_cell);
+        if let Some(sync) = &metrics_sync {
+            if let Some(status) = sync
+                .lock()
+                .ok()
+                .and_then(|s| s.as_ref().map(|s| s.status()))
+            {
+                let body = text.strip_suffix("# EOF\n").unwrap_or(&text).to_string();
+                text = format!("{body}{}# EOF\n", status.metrics());
+            }
+        }
+        text
+    });
     let mut api_shutdown = shutdown_rx.clone();
     let api_listen = me.api;
     let api = tokio::spawn(async move {
@@ -127,31 +196,116 @@ async fn daemon(
         }
     });
 
+    // SIGHUP: the cluster takes its part; sync sets are restarted where they changed.
+    let (cluster_reload_tx, cluster_reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reload_sync = sync.as_ref().map(|(_, s)| s.clone());
+    tokio::spawn(async move {
+        while let Some(new) = reload_rx.recv().await {
+            let new: uphold_config::Config = new;
+            if let Some(cluster) = new.cluster {
+                let _ = cluster_reload_tx.send(cluster);
+            }
+            if let Some(sync) = &reload_sync {
+                let sync = sync.clone();
+                let sets = new.sync;
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Ok(mut guard) = sync.lock() {
+                        if let Some(service) = guard.as_mut() {
+                            service.reload(sets);
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+    });
+
     info!(node = %me.name, listen = %me.listen, api = %me.api, "uphold starting");
-    let result = runtime::run(
-        RuntimeOptions {
-            config: cluster,
-            me: me.name.clone(),
-            rpc,
-            endpoint,
-            guard: Some(guard),
-            guard_command: Some((exe.clone(), vec!["guard".to_string()])),
-            netlink,
-            reload: reload_rx,
-        },
-        status_cell,
-        shutdown_rx,
-    )
-    .await;
+    let result = if run_cluster {
+        let rpc = Arc::new(uphold_proto::rpc::RpcClient::new(endpoint.clone()));
+        let exe = std::env::current_exe()
+            .map_err(|e| anyhow::anyhow!("cannot find our own executable for the guard: {e}"))?;
+        let guard = uphold_os::guard::GuardClient::spawn(&exe, &["guard"])
+            .map_err(|e| anyhow::anyhow!("cannot start the guard process: {e}"))?;
+        let netlink =
+            Arc::new(uphold_os::vip::Netlink::new().map_err(|e| anyhow::anyhow!("netlink: {e}"))?);
+        runtime::run(
+            RuntimeOptions {
+                config: cluster,
+                me: me.name.clone(),
+                rpc,
+                endpoint,
+                guard: Some(guard),
+                guard_command: Some((exe.clone(), vec!["guard".to_string()])),
+                netlink,
+                reload: cluster_reload_rx,
+                extra_services,
+            },
+            status_cell,
+            shutdown_rx,
+        )
+        .await
+    } else {
+        // No groups: no consensus to run, only the members' port for the other roles.
+        serve_members_port(&me, endpoint, extra_services, shutdown_rx).await
+    };
+    if let Some((_, service)) = sync {
+        let taken = service.lock().ok().and_then(|mut s| s.take());
+        if let Some(service) = taken {
+            let _ = tokio::task::spawn_blocking(move || service.stop()).await;
+        }
+    }
     api.abort();
     info!("uphold stopped");
     result
 }
 
+/// Whether `group` runs here now: this member owns it and has it starting or running.
+fn group_active_fn(
+    status: StatusCell,
+    me: uphold_core::NodeName,
+) -> uphold_sync::service::GroupActive {
+    Arc::new(move |group: &uphold_core::GroupName| {
+        let Ok(cell) = status.read() else {
+            return false;
+        };
+        cell.as_ref().is_some_and(|s| {
+            s.groups.iter().any(|g| {
+                g.name == group.as_str()
+                    && g.owner.as_deref() == Some(me.as_str())
+                    && matches!(g.local_phase.as_deref(), Some("starting") | Some("running"))
+            })
+        })
+    })
+}
+
+async fn serve_members_port(
+    me: &uphold_config::Member,
+    endpoint: Arc<uphold_proto::rpc::Endpoint>,
+    services: Vec<(
+        std::ops::RangeInclusive<u16>,
+        Arc<dyn uphold_proto::RpcHandler>,
+    )>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(me.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for members on {}: {e}", me.listen))?;
+    let mut router = uphold_proto::rpc::ServiceRouter::new();
+    for (range, handler) in services {
+        router = router.route(range, handler);
+    }
+    uphold_proto::rpc::serve(listener, endpoint, Arc::new(router), async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    })
+    .await;
+    Ok(())
+}
+
 /// SIGHUP: validate the file again; a bad file is reported and changes nothing.
 fn reload_config(
     path: &std::path::Path,
-    reload: &tokio::sync::mpsc::UnboundedSender<uphold_config::ClusterConfig>,
+    reload: &tokio::sync::mpsc::UnboundedSender<uphold_config::Config>,
 ) {
     info!(config = %path.display(), "SIGHUP: reloading");
     match uphold_config::load(path) {
@@ -160,22 +314,23 @@ fn reload_config(
                 error!("reload refused: {e}");
             }
         }
-        Ok(loaded) => match loaded.config.cluster {
-            None => error!(
-                "reload refused: {} has no [cluster] section",
-                path.display()
-            ),
-            Some(cluster) => {
-                let _ = reload.send(cluster);
+        Ok(loaded) => {
+            if loaded.config.cluster.is_none() {
+                error!(
+                    "reload refused: {} has no [cluster] section",
+                    path.display()
+                );
+            } else {
+                let _ = reload.send(loaded.config);
             }
-        },
+        }
     }
 }
 
 fn spawn_signal_handler(
     shutdown: watch::Sender<bool>,
     config_path: std::path::PathBuf,
-    reload: tokio::sync::mpsc::UnboundedSender<uphold_config::ClusterConfig>,
+    reload: tokio::sync::mpsc::UnboundedSender<uphold_config::Config>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;

@@ -34,10 +34,10 @@ pub fn main(args: StatusArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match fetch_status(me.api) {
-        Ok(status) => {
+    match fetch_document(me.api) {
+        Ok(doc) => {
             if args.json {
-                match serde_json::to_string_pretty(&status) {
+                match serde_json::to_string_pretty(&doc) {
                     Ok(text) => println!("{text}"),
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -45,7 +45,13 @@ pub fn main(args: StatusArgs) -> ExitCode {
                     }
                 }
             } else {
-                print!("{}", status.render());
+                match render(&doc) {
+                    Ok(text) => print!("{text}"),
+                    Err(e) => {
+                        eprintln!("error: unreadable status document: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
             }
             ExitCode::SUCCESS
         }
@@ -59,10 +65,38 @@ pub fn main(args: StatusArgs) -> ExitCode {
     }
 }
 
-/// A plain HTTP/1.0 GET to our own daemon on localhost, with deadlines.
-pub fn fetch_status(api: SocketAddr) -> Result<ClusterStatus, String> {
+/// The whole status document of the local daemon: the cluster's fields at the top
+/// level (when it runs groups), `sync` when sets are configured.
+pub fn fetch_document(api: SocketAddr) -> Result<serde_json::Value, String> {
     let body = http_get(api, "/v1/status")?;
     serde_json::from_slice(&body).map_err(|e| format!("unreadable status document: {e}"))
+}
+
+/// The cluster part of the local daemon's status.
+pub fn fetch_status(api: SocketAddr) -> Result<ClusterStatus, String> {
+    let doc = fetch_document(api)?;
+    if doc.get("cluster").is_none() {
+        return Err("this member runs no groups (no cluster status)".into());
+    }
+    serde_json::from_value(doc).map_err(|e| format!("unreadable status document: {e}"))
+}
+
+fn render(doc: &serde_json::Value) -> Result<String, String> {
+    let mut out = String::new();
+    if doc.get("cluster").is_some() {
+        let cluster: ClusterStatus =
+            serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
+        out.push_str(&cluster.render());
+    }
+    if let Some(sync) = doc.get("sync") {
+        let sync: uphold_sync::status::SyncStatus =
+            serde_json::from_value(sync.clone()).map_err(|e| e.to_string())?;
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&sync.render());
+    }
+    Ok(out)
 }
 
 pub fn http_get(api: SocketAddr, path: &str) -> Result<Vec<u8>, String> {

@@ -43,6 +43,11 @@ pub struct RuntimeOptions {
     pub netlink: Arc<uphold_os::vip::Netlink>,
     /// Validated configs from SIGHUP reloads.
     pub reload: mpsc::UnboundedReceiver<ClusterConfig>,
+    /// Other roles' services served on the members' port (service numbers above 4).
+    pub extra_services: Vec<(
+        std::ops::RangeInclusive<u16>,
+        Arc<dyn uphold_proto::RpcHandler>,
+    )>,
 }
 
 /// What a reload may change while running: groups and their resources. The rest
@@ -144,7 +149,7 @@ struct Executor {
 /// Runs the cluster role until `shutdown` turns true and the groups are handed
 /// over (or the shutdown deadline passes).
 pub async fn run(
-    opts: RuntimeOptions,
+    mut opts: RuntimeOptions,
     status_cell: StatusCell,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -179,10 +184,14 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for members on {}: {e}", me.listen))?;
     let mut server_shutdown = shutdown.clone();
+    let mut router = uphold_proto::rpc::ServiceRouter::new().route(1..=4, raft.rpc_handler());
+    for (services, handler) in opts.extra_services.drain(..) {
+        router = router.route(services, handler);
+    }
     let server = tokio::spawn(uphold_proto::rpc::serve(
         listener,
         opts.endpoint.clone(),
-        raft.rpc_handler(),
+        Arc::new(router),
         async move {
             // Keep serving peers while our groups are handed over; stop at exit.
             let _ = server_shutdown.wait_for(|_| false).await;

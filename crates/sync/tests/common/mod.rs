@@ -37,7 +37,11 @@ pub fn config(source: &Path, target: &Path, exclude: Vec<String>) -> SyncConfig 
         exclude,
         delay: Duration::from_millis(20),
         delete: true,
-        fsync: FsyncPolicy::Off,
+        fsync: match std::env::var("UPHOLD_TEST_FSYNC").as_deref() {
+            Ok("batch") => FsyncPolicy::Batch,
+            Ok("file") => FsyncPolicy::File,
+            _ => FsyncPolicy::Off,
+        },
         watch: WatchMode::Inotify,
         scan_interval: Duration::from_secs(10),
         rescan_interval: Duration::from_secs(3600),
@@ -57,7 +61,12 @@ impl Pair {
         std::fs::create_dir(&source).unwrap();
         std::fs::create_dir(&target).unwrap();
         let cfg = config(&source, &target, exclude.clone());
-        let receiver = Arc::new(Receiver::new(&[cfg], Arc::new(|_| false), Some(state)));
+        let receiver = Arc::new(Receiver::new(
+            NodeName::new("b").unwrap(),
+            &[cfg],
+            Arc::new(|_| false),
+            Some(state),
+        ));
         let transport = LocalTransport::new(receiver, NodeName::new("a").unwrap());
         Pair {
             set: SenderSet {
