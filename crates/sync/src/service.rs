@@ -170,9 +170,9 @@ fn set_thread(
             return;
         }
     };
+    // The target stays as written: it is resolved on each receiver (`{node}`).
     let mut set = set;
     set.source = set.source_for(&opts.me);
-    set.target = set.target_for(&opts.me);
     let name = set.name.as_str().to_string();
     let publish = {
         let statuses = statuses.clone();
