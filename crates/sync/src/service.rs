@@ -38,6 +38,8 @@ pub struct SyncOptions {
     pub addresses: HashMap<NodeName, SocketAddr>,
     pub endpoint: Arc<Endpoint>,
     pub group_active: GroupActive,
+    /// Test hook: behave as if the kernel's inotify watch limit were this many watches.
+    pub max_watches: Option<usize>,
 }
 
 /// Whether this member sends `set` now.
@@ -280,7 +282,7 @@ async fn send_while_sender(
                 .map(|p| ignore_excludes.is_excluded(&p, is_dir))
                 .unwrap_or(true)
         }),
-        max_watches: None,
+        max_watches: opts.max_watches,
     })
     .map_err(|e| format!("cannot watch {}: {e}", set.source.display()))?;
 

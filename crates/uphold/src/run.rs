@@ -139,6 +139,7 @@ async fn daemon(
                     .collect(),
                 endpoint: endpoint.clone(),
                 group_active,
+                max_watches: None,
             },
             config.sync.clone(),
             receiver.clone(),
