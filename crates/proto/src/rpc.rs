@@ -138,12 +138,51 @@ pub enum Frame {
     Request {
         id: u64,
         service: u16,
+        // As one byte string: serde's default for Vec<u8> decodes byte by byte. The
+        // encoding on the wire is the same (length, then the bytes).
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
     Response {
         id: u64,
+        #[serde(with = "bytes_result")]
         result: Result<Vec<u8>, String>,
     },
+}
+
+/// `Result<Vec<u8>, String>` with the bytes as one byte string (same wire encoding as
+/// serde's own `Result`: variant index, then the value).
+mod bytes_result {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize)]
+    enum Ref<'a> {
+        Ok(#[serde(with = "serde_bytes")] &'a [u8]),
+        Err(&'a str),
+    }
+
+    #[derive(Deserialize)]
+    enum Owned {
+        Ok(#[serde(with = "serde_bytes")] Vec<u8>),
+        Err(String),
+    }
+
+    pub fn serialize<S: Serializer>(r: &Result<Vec<u8>, String>, s: S) -> Result<S::Ok, S::Error> {
+        match r {
+            Ok(bytes) => Ref::Ok(bytes),
+            Err(e) => Ref::Err(e),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Result<Vec<u8>, String>, D::Error> {
+        Ok(match Owned::deserialize(d)? {
+            Owned::Ok(bytes) => Ok(bytes),
+            Owned::Err(e) => Err(e),
+        })
+    }
 }
 
 /// Serves requests. Service numbers and body encodings belong to the caller's crate.

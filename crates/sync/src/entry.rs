@@ -20,6 +20,7 @@ pub enum Kind {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
+    #[serde(with = "serde_bytes")]
     pub name: Vec<u8>,
     pub kind: Kind,
     /// Files only; 0 otherwise.
@@ -31,6 +32,7 @@ pub struct Entry {
     pub uid: u32,
     pub gid: u32,
     /// Symlinks only.
+    #[serde(with = "serde_bytes")]
     pub link: Option<Vec<u8>>,
 }
 

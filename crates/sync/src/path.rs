@@ -17,8 +17,23 @@ pub const MAX_NAME_BYTES: usize = 255;
 pub const TEMP_PREFIX: &[u8] = b".uphold-tmp.";
 
 /// A path relative to the root of a tree; empty means the root itself.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct RelPath(Vec<u8>);
+
+impl Serialize for RelPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::Bytes::new(&self.0).serialize(s)
+    }
+}
+
+/// Checked on arrival: a path from the network that could leave the tree does not even
+/// decode.
+impl<'de> Deserialize<'de> for RelPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        RelPath::new(bytes.into_vec()).map_err(serde::de::Error::custom)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid path {shown}: {reason}")]
@@ -269,6 +284,14 @@ mod tests {
         assert!(RelPath::new(vec![b'a'; 5000]).is_err());
         assert!(RelPath::new(vec![b'a'; 256]).is_err());
         assert!(RelPath::new(b"caf\xe9/ok".to_vec()).is_ok());
+    }
+
+    #[test]
+    fn a_hostile_path_does_not_decode() {
+        let bytes = postcard::to_allocvec(&serde_bytes::Bytes::new(b"a/../../etc")).unwrap();
+        assert!(postcard::from_bytes::<RelPath>(&bytes).is_err());
+        let good = postcard::to_allocvec(&rp("a/b")).unwrap();
+        assert_eq!(postcard::from_bytes::<RelPath>(&good).unwrap(), rp("a/b"));
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub enum Request {
     },
     Chunk {
         id: u64,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     Commit {
@@ -72,7 +73,10 @@ pub enum CompareItem {
     /// Compare a whole directory listing by digest.
     Dir { dir: RelPath, digest: [u8; 16] },
     /// Only these names of one directory.
-    Names { dir: RelPath, names: Vec<Vec<u8>> },
+    Names {
+        dir: RelPath,
+        names: Vec<serde_bytes::ByteBuf>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,10 +101,12 @@ pub enum FileOp {
     Put {
         path: RelPath,
         meta: Meta,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     Symlink {
         path: RelPath,
+        #[serde(with = "serde_bytes")]
         target: Vec<u8>,
         meta: Meta,
     },
@@ -152,7 +158,7 @@ pub enum Response {
     Compare(Vec<CompareResult>),
     Apply(Vec<OpResult>),
     /// The encoded signature of the target file, or `None` when there is no usable basis.
-    Signature(Option<Vec<u8>>),
+    Signature(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     Begun {
         id: u64,
     },

@@ -559,11 +559,13 @@ impl Receiver {
         let write = || -> io::Result<()> {
             let mut f = dir.create_new(&temp, 0o600)?;
             f.write_all(data)?;
+            if !file_meta(&f, meta, self.preserves_owner)? {
+                dir.set_mtime(&temp, meta.mtime_s, meta.mtime_ns)?;
+            }
             if policy == FsyncPolicy::File {
                 f.sync_data()?;
             }
-            drop(f);
-            apply_meta(&dir, &temp, Kind::File, meta, self.preserves_owner)
+            Ok(())
         };
         if let Err(e) = write() {
             let _ = dir.unlink(&temp);
@@ -702,6 +704,7 @@ fn compare(
             };
             let mut out = Vec::with_capacity(names.len());
             for name in names {
+                let name = name.into_vec();
                 check_name(&name).map_err(|r| format!("{dir}: bad name: {r}"))?;
                 let path = dir.join(&name);
                 let entry = entry_at(&handle, OsStr::from_bytes(&name))
@@ -754,6 +757,27 @@ fn apply_meta(dir: &DirFd, name: &OsStr, kind: Kind, meta: &Meta, owner: bool) -
         dir.set_mtime(name, meta.mtime_s, meta.mtime_ns)?;
     }
     Ok(())
+}
+
+/// Owner, permissions and mtime of a file still open for writing: through its
+/// descriptor, without looking its name up again. Returns false when the mtime (before
+/// 1970) is left for the caller to set by name.
+fn file_meta(f: &File, meta: &Meta, owner: bool) -> io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    if owner {
+        std::os::unix::fs::fchown(f, Some(meta.uid), Some(meta.gid))?;
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(meta.mode & 0o7777))?;
+    let mtime = std::time::UNIX_EPOCH
+        .checked_add(Duration::new(meta.mtime_s.max(0) as u64, meta.mtime_ns))
+        .filter(|_| meta.mtime_s >= 0);
+    match mtime {
+        Some(t) => {
+            f.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }
 
 fn finish_put(dir: &DirFd, temp: &OsStr, name: &OsStr, policy: FsyncPolicy) -> io::Result<()> {
@@ -978,9 +1002,14 @@ fn commit(t: Transfer, hash: [u8; 32]) -> Result<(), String> {
             return fail(format!("{path}: fsync: {e}"));
         }
     }
-    drop(file);
     let owner = nix::unistd::geteuid().is_root();
-    if let Err(e) = apply_meta(&t.dir, &t.temp, Kind::File, &t.meta, owner) {
+    let meta_set = match file_meta(&file, &t.meta, owner) {
+        Ok(true) => Ok(()),
+        Ok(false) => t.dir.set_mtime(&t.temp, t.meta.mtime_s, t.meta.mtime_ns),
+        Err(e) => Err(e),
+    };
+    drop(file);
+    if let Err(e) = meta_set {
         return fail(format!("{path}: {e}"));
     }
     if let Err(e) = finish_put(&t.dir, &t.temp, &t.name, t.set.config.fsync) {

@@ -55,7 +55,23 @@ pub fn list_local(
             continue;
         }
         let path = dir.join(&name);
-        let Some(entry) = stat_local(root, &path)? else {
+        // Relative to the open directory (no walk from the root), never following a
+        // final symlink.
+        let md = match item.metadata() {
+            Ok(md) => md,
+            Err(e) if is_gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let link = if md.file_type().is_symlink() {
+            match std::fs::read_link(item.path()) {
+                Ok(target) => Some(target.as_os_str().as_bytes().to_vec()),
+                Err(e) if is_gone(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let Some(entry) = Entry::from_metadata(name, &md, link) else {
             continue;
         };
         if excludes.is_excluded(&path, entry.kind == Kind::Dir) {

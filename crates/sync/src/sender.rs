@@ -252,7 +252,11 @@ impl Run<'_> {
                     }
                     items.push(CompareItem::Names {
                         dir: job.dir.clone(),
-                        names: names.iter().cloned().collect(),
+                        names: names
+                            .iter()
+                            .cloned()
+                            .map(serde_bytes::ByteBuf::from)
+                            .collect(),
                     });
                     listings.push(None);
                     local.push(Some(entries));
