@@ -293,7 +293,10 @@ impl Run<'_> {
                     };
                     let plan = match &result {
                         CompareResult::Same => DirPlan::default(),
-                        CompareResult::Missing => plan_dir(&job.dir, &source, None, self.opts),
+                        CompareResult::Missing => {
+                            self.ensure_dirs(&job.dir).await?;
+                            plan_dir(&job.dir, &source, None, self.opts)
+                        }
                         CompareResult::Listing(target) => {
                             if job.dir.is_root()
                                 && source.is_empty()
@@ -329,7 +332,12 @@ impl Run<'_> {
                     let names: Vec<Vec<u8>> =
                         job.names.clone().unwrap_or_default().into_iter().collect();
                     let targets: Vec<Option<Entry>> = match result {
-                        CompareResult::Missing => vec![None; names.len()],
+                        CompareResult::Missing => {
+                            if entries.iter().any(Option::is_some) {
+                                self.ensure_dirs(&job.dir).await?;
+                            }
+                            vec![None; names.len()]
+                        }
                         CompareResult::Entries(t) if t.len() == names.len() => t,
                         other => {
                             return Err(Stop::Unreachable(format!(
@@ -368,6 +376,35 @@ impl Run<'_> {
                 }
             }
             self.deletes.extend(plan.deletes);
+        }
+        Ok(())
+    }
+
+    /// The target lacks directory `dir` although no creation of it is planned (its
+    /// creation event was lost, or it came with a rename): create it and any missing
+    /// ancestor, with the source's attributes, before anything is put into it.
+    async fn ensure_dirs(&mut self, dir: &RelPath) -> Result<(), Stop> {
+        let mut chain = Vec::new();
+        let mut current = Some(dir.clone());
+        while let Some(d) = current {
+            if d.is_root() {
+                break;
+            }
+            current = d.parent();
+            chain.push(d);
+        }
+        for d in chain.into_iter().rev() {
+            match stat_local(&self.set.source, &d) {
+                Ok(Some(e)) if e.kind == Kind::Dir => {
+                    self.push(FileOp::Mkdir {
+                        path: d,
+                        meta: e.meta(),
+                    })
+                    .await?
+                }
+                // Gone from the source meanwhile: its parent's comparison deletes it.
+                _ => return Ok(()),
+            }
         }
         Ok(())
     }
