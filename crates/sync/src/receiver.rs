@@ -58,6 +58,9 @@ pub struct ReceiverCounters {
 
 pub struct Receiver {
     me: NodeName,
+    /// Who new files belong to and which permission bits creation keeps, so that
+    /// `fchown`/`fchmod` are called only when they change something.
+    creds: Creds,
     sets: RwLock<HashMap<String, Arc<ReceiverSet>>>,
     is_sender: SenderCheck,
     state_dir: Option<PathBuf>,
@@ -137,6 +140,7 @@ impl Receiver {
             is_sender,
             state_dir,
             preserves_owner: nix::unistd::geteuid().is_root(),
+            creds: Creds::current(),
             transfers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             counters: ReceiverCounters::default(),
@@ -423,39 +427,35 @@ impl Receiver {
 
     fn apply(&self, root: &DirFd, set: &ReceiverSet, ops: Vec<FileOp>) -> Vec<OpResult> {
         let policy = set.config.fsync;
-        let mut results = Vec::with_capacity(ops.len());
+        // Every entry is overwritten with the real outcome; one that is not (a worker
+        // thread lost) reports failure rather than success.
+        let mut results = vec![OpResult::Failed("not applied".into()); ops.len()];
         // Files written but not yet renamed into place (batch policy): one syncfs covers
         // them all before the first rename.
-        let mut pending: Vec<(usize, DirFd, OsString, OsString, RelPath, u64)> = Vec::new();
-        let mut cached: Option<(RelPath, Arc<DirFd>)> = None;
-        for op in ops {
-            let index = results.len();
-            if !matches!(
-                op,
-                FileOp::Put { .. } | FileOp::Mkdir { .. } | FileOp::SetMeta { .. }
-            ) {
+        let mut pending: Vec<Staged> = Vec::new();
+        let mut run: Vec<PutJob> = Vec::new();
+        for (index, op) in ops.into_iter().enumerate() {
+            if let FileOp::Put { path, meta, data } = op {
+                run.push(PutJob {
+                    index,
+                    path,
+                    meta,
+                    data,
+                });
+                continue;
+            }
+            self.put_run(
+                root,
+                set,
+                std::mem::take(&mut run),
+                &mut pending,
+                &mut results,
+            );
+            if !matches!(op, FileOp::Mkdir { .. } | FileOp::SetMeta { .. }) {
                 self.finish_pending(root, set, policy, &mut pending, &mut results);
             }
-            let result = match op {
-                FileOp::Put { path, meta, data } => {
-                    match self.put(root, &mut cached, &path, &meta, &data, policy) {
-                        Ok((dir, temp, name)) => {
-                            if policy == FsyncPolicy::Batch {
-                                pending.push((index, dir, temp, name, path, data.len() as u64));
-                                OpResult::Done
-                            } else {
-                                match finish_put(&dir, &temp, &name, policy) {
-                                    Ok(()) => {
-                                        self.wrote(set, &path, data.len() as u64);
-                                        OpResult::Done
-                                    }
-                                    Err(e) => OpResult::Failed(format!("{path}: {e}")),
-                                }
-                            }
-                        }
-                        Err(e) => OpResult::Failed(e),
-                    }
-                }
+            results[index] = match op {
+                FileOp::Put { .. } => unreachable_put(),
                 FileOp::Mkdir { path, meta } => {
                     result(mkdir(root, &path, &meta, self.preserves_owner))
                 }
@@ -484,38 +484,117 @@ impl Receiver {
                     Err(e) => OpResult::Failed(e),
                 },
             };
-            results.push(result);
         }
+        self.put_run(root, set, run, &mut pending, &mut results);
         self.finish_pending(root, set, policy, &mut pending, &mut results);
         results
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Writes a run of consecutive small files, on several threads when it is long:
+    /// file creation is system-call bound and the files are independent.
+    fn put_run(
+        &self,
+        root: &DirFd,
+        set: &ReceiverSet,
+        run: Vec<PutJob>,
+        pending: &mut Vec<Staged>,
+        results: &mut [OpResult],
+    ) {
+        if run.is_empty() {
+            return;
+        }
+        let policy = set.config.fsync;
+        let write = |jobs: &[PutJob]| -> Vec<(usize, Result<Staged, String>)> {
+            let mut cached = None;
+            jobs.iter()
+                .map(|j| {
+                    let staged = self
+                        .put(root, &mut cached, &j.path, &j.meta, &j.data, policy)
+                        .map(|(dir, temp, name)| Staged {
+                            index: j.index,
+                            dir,
+                            temp,
+                            name,
+                            path: j.path.clone(),
+                            len: j.data.len() as u64,
+                        });
+                    (j.index, staged)
+                })
+                .collect()
+        };
+        let written = parallel(&run, write);
+        let mut ready = Vec::new();
+        for (index, staged) in written {
+            match staged {
+                Ok(staged) => {
+                    results[index] = OpResult::Done;
+                    ready.push(staged);
+                }
+                Err(e) => results[index] = OpResult::Failed(e),
+            }
+        }
+        if policy == FsyncPolicy::Batch {
+            pending.extend(ready);
+        } else {
+            self.publish_all(set, policy, ready, results);
+        }
+    }
+
     fn finish_pending(
         &self,
         root: &DirFd,
         set: &ReceiverSet,
         policy: FsyncPolicy,
-        pending: &mut Vec<(usize, DirFd, OsString, OsString, RelPath, u64)>,
+        pending: &mut Vec<Staged>,
         results: &mut [OpResult],
     ) {
         if pending.is_empty() {
             return;
         }
-        let synced = root.syncfs();
-        for (index, dir, temp, name, path, len) in pending.drain(..) {
-            let outcome = match &synced {
-                Err(e) => Err(io::Error::new(e.kind(), format!("syncfs: {e}"))),
-                Ok(()) => finish_put(&dir, &temp, &name, policy),
+        if let Err(e) = root.syncfs() {
+            for staged in pending.drain(..) {
+                let _ = staged.dir.unlink(&staged.temp);
+                results[staged.index] = OpResult::Failed(format!("{}: syncfs: {e}", staged.path));
+            }
+            return;
+        }
+        self.publish_all(set, policy, std::mem::take(pending), results);
+    }
+
+    /// Renames written files into place (several threads for long runs).
+    fn publish_all(
+        &self,
+        set: &ReceiverSet,
+        policy: FsyncPolicy,
+        staged: Vec<Staged>,
+        results: &mut [OpResult],
+    ) {
+        for s in &staged {
+            results[s.index] = OpResult::Failed(format!("{}: not renamed into place", s.path));
+        }
+        let outcomes = parallel(&staged, |chunk: &[Staged]| {
+            chunk
+                .iter()
+                .map(|s| {
+                    let outcome = finish_put(&s.dir, &s.temp, &s.name, policy).map_err(|e| {
+                        let _ = s.dir.unlink(&s.temp);
+                        format!("{}: {e}", s.path)
+                    });
+                    (s.index, outcome)
+                })
+                .collect()
+        });
+        let by_index: HashMap<usize, &Staged> = staged.iter().map(|s| (s.index, s)).collect();
+        for (index, outcome) in outcomes {
+            let Some(s) = by_index.get(&index) else {
+                continue;
             };
             match outcome {
-                Ok(()) => self.wrote(set, &path, len),
-                Err(e) => {
-                    let _ = dir.unlink(&temp);
-                    if let Some(slot) = results.get_mut(index) {
-                        *slot = OpResult::Failed(format!("{path}: {e}"));
-                    }
+                Ok(()) => {
+                    results[s.index] = OpResult::Done;
+                    self.wrote(set, &s.path, s.len);
                 }
+                Err(e) => results[s.index] = OpResult::Failed(e),
             }
         }
     }
@@ -532,7 +611,8 @@ impl Receiver {
         }
     }
 
-    /// Writes a whole small file to a temporary name next to its final place.
+    /// Writes a whole small file to a temporary name next to its final place, with as
+    /// few system calls as give it its exact owner, mode and mtime.
     fn put(
         &self,
         root: &DirFd,
@@ -556,10 +636,11 @@ impl Receiver {
         };
         let name = OsStr::from_bytes(name).to_os_string();
         let temp = temp_name(&name);
+        let plan = self.creds.plan(meta, self.preserves_owner, &dir);
         let write = || -> io::Result<()> {
-            let mut f = dir.create_new(&temp, 0o600)?;
+            let mut f = dir.create_new(&temp, meta.mode & 0o777)?;
             f.write_all(data)?;
-            if !file_meta(&f, meta, self.preserves_owner)? {
+            if !file_meta_planned(&f, meta, plan)? {
                 dir.set_mtime(&temp, meta.mtime_s, meta.mtime_ns)?;
             }
             if policy == FsyncPolicy::File {
@@ -576,6 +657,52 @@ impl Receiver {
             .map_err(|e| format!("{path}: {e}"))?;
         Ok((own, temp, name))
     }
+}
+
+struct PutJob {
+    index: usize,
+    path: RelPath,
+    meta: Meta,
+    data: Vec<u8>,
+}
+
+/// A file written under a temporary name, waiting to be renamed into place.
+struct Staged {
+    index: usize,
+    dir: DirFd,
+    temp: OsString,
+    name: OsString,
+    path: RelPath,
+    len: u64,
+}
+
+fn unreachable_put() -> OpResult {
+    OpResult::Failed("internal: a file write was not batched".into())
+}
+
+/// Runs `work` over `items` split into contiguous chunks, one per thread (up to 4), when
+/// there are enough items to pay for the threads; results in the order of `items`.
+fn parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&[T]) -> Vec<R> + Sync) -> Vec<R> {
+    const MIN_PER_THREAD: usize = 16;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+        .min(items.len() / MIN_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return work(items);
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(|| work(part)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
 }
 
 /// The RPC entry point: decodes, runs the blocking work off the async threads, encodes.
@@ -759,15 +886,81 @@ fn apply_meta(dir: &DirFd, name: &OsStr, kind: Kind, meta: &Meta, owner: bool) -
     Ok(())
 }
 
+/// The identity new files get, and the umask that trims their mode at creation.
+#[derive(Debug, Clone, Copy)]
+struct Creds {
+    uid: u32,
+    gid: u32,
+    /// `None` when it cannot be read: then every file gets an explicit chmod.
+    umask: Option<u32>,
+}
+
+/// Which attribute calls a new file needs after `open(O_CREAT, mode & 0777)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MetaPlan {
+    chown: bool,
+    chmod: bool,
+}
+
+impl Creds {
+    fn current() -> Self {
+        // Read, not set-and-restore: umask(2) is process-wide and other threads create
+        // files too.
+        let umask = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            });
+        Creds {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            umask,
+        }
+    }
+
+    fn plan(&self, meta: &Meta, preserves_owner: bool, dir: &DirFd) -> MetaPlan {
+        // In a set-group-ID directory new files take the directory's group.
+        let dir_setgid = dir
+            .stat_self()
+            .map_or(true, |st| st.st_mode & libc::S_ISGID != 0);
+        meta_plan(meta, preserves_owner, self, dir_setgid)
+    }
+}
+
+fn meta_plan(meta: &Meta, preserves_owner: bool, creds: &Creds, dir_setgid: bool) -> MetaPlan {
+    let chown = preserves_owner && (meta.uid != creds.uid || meta.gid != creds.gid || dir_setgid);
+    let special = meta.mode & 0o7000 != 0;
+    let chmod = match creds.umask {
+        None => true,
+        Some(umask) => special || (meta.mode & 0o777 & !umask) != (meta.mode & 0o777),
+    };
+    MetaPlan { chown, chmod }
+}
+
 /// Owner, permissions and mtime of a file still open for writing: through its
 /// descriptor, without looking its name up again. Returns false when the mtime (before
 /// 1970) is left for the caller to set by name.
 fn file_meta(f: &File, meta: &Meta, owner: bool) -> io::Result<bool> {
+    file_meta_planned(
+        f,
+        meta,
+        MetaPlan {
+            chown: owner,
+            chmod: true,
+        },
+    )
+}
+
+fn file_meta_planned(f: &File, meta: &Meta, plan: MetaPlan) -> io::Result<bool> {
     use std::os::unix::fs::PermissionsExt;
-    if owner {
+    if plan.chown {
         std::os::unix::fs::fchown(f, Some(meta.uid), Some(meta.gid))?;
     }
-    f.set_permissions(std::fs::Permissions::from_mode(meta.mode & 0o7777))?;
+    if plan.chmod {
+        f.set_permissions(std::fs::Permissions::from_mode(meta.mode & 0o7777))?;
+    }
     let mtime = std::time::UNIX_EPOCH
         .checked_add(Duration::new(meta.mtime_s.max(0) as u64, meta.mtime_ns))
         .filter(|_| meta.mtime_s >= 0);
@@ -1022,4 +1215,76 @@ fn commit(t: Transfer, hash: [u8; 32]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(mode: u32, uid: u32, gid: u32) -> Meta {
+        Meta {
+            mode,
+            uid,
+            gid,
+            mtime_s: 1,
+            mtime_ns: 0,
+        }
+    }
+
+    #[test]
+    fn attribute_calls_are_skipped_only_when_creation_already_got_them_right() {
+        let creds = Creds {
+            uid: 0,
+            gid: 0,
+            umask: Some(0o022),
+        };
+        let plan = |m: &Meta, owner, setgid| meta_plan(m, owner, &creds, setgid);
+        assert_eq!(
+            plan(&meta(0o644, 0, 0), true, false),
+            MetaPlan {
+                chown: false,
+                chmod: false
+            }
+        );
+        assert_eq!(
+            plan(&meta(0o664, 0, 0), true, false),
+            MetaPlan {
+                chown: false,
+                chmod: true
+            }
+        );
+        assert_eq!(
+            plan(&meta(0o644, 33, 33), true, false),
+            MetaPlan {
+                chown: true,
+                chmod: false
+            }
+        );
+        assert_eq!(
+            plan(&meta(0o644, 0, 0), true, true),
+            MetaPlan {
+                chown: true,
+                chmod: false
+            }
+        );
+        assert_eq!(
+            plan(&meta(0o4755, 0, 0), true, false),
+            MetaPlan {
+                chown: false,
+                chmod: true
+            }
+        );
+        assert_eq!(
+            plan(&meta(0o644, 33, 33), false, false),
+            MetaPlan {
+                chown: false,
+                chmod: false
+            }
+        );
+        let unknown = Creds {
+            umask: None,
+            ..creds
+        };
+        assert!(meta_plan(&meta(0o644, 0, 0), true, &unknown, false).chmod);
+    }
 }

@@ -112,7 +112,11 @@ fn past_the_watch_limit_changes_still_arrive_and_status_says_so() {
         same,
     );
     let target_status = &service.status().sets[0].targets[0];
-    assert_eq!(target_status.state, "up");
+    // "syncing" while one of the periodic comparisons runs.
+    assert!(
+        ["up", "syncing"].contains(&target_status.state.as_str()),
+        "{target_status:?}"
+    );
     assert!(target_status.initial_done);
     service.stop();
     let _ = stop_tx.send(());
