@@ -5,8 +5,9 @@ source tree to its own target tree; both connections pass through a counting rel
 bytes on the wire are measured the same way. Repetitions are interleaved; the table shows
 medians and the uphold/lsyncd ratio. Driven by run.sh; see README.md."""
 
-import asyncio
+import atexit
 import json
+import math
 import os
 import shutil
 import signal
@@ -14,7 +15,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
@@ -22,6 +22,7 @@ REPS = int(os.environ.get("REPS", "3"))
 QUICK = os.environ.get("QUICK") == "1"
 WORK = os.environ.get("WORK", "/tmp/uphold-bench-sync")
 UPHOLD = os.environ["UPHOLD_BIN"]
+RELAY = os.environ["RELAY_BIN"]
 SCENARIOS = os.environ.get("SCENARIOS", "write burst bigfile rename delete startup").split()
 SMALL_WRITES = 20 if QUICK else 50
 BURST_FILES = 2000 if QUICK else 10000
@@ -45,17 +46,52 @@ def wait(what, cond, limit=LIMIT, step=0.002):
         time.sleep(step)
 
 
-def cpu_seconds(pid, children=False):
-    """utime + stime of a process (and its reaped children), in seconds."""
+def proc_stat(pid):
+    """The fields of /proc/PID/stat after the command name (state is [0], ppid [1])."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return f.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
+        return None
+
+
+def children_of():
+    """ppid -> [pid] over the whole machine (this kernel has no /proc/PID/task/*/children)."""
+    kids = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = proc_stat(name)
+            if fields:
+                kids.setdefault(int(fields[1]), []).append(int(name))
+    return kids
+
+
+def tree_cpu(pids):
+    """utime + stime, in seconds, of `pids` and all their descendants: the live ones
+    read directly, the exited ones through their parents' cutime + cstime (which the
+    kernel adds when a child is reaped), so the sum never loses a short-lived rsync."""
+    kids = children_of()
+    ticks, todo, seen = 0, list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        fields = proc_stat(pid)
+        if fields:
+            ticks += sum(int(x) for x in fields[11:15])
+            todo.extend(kids.get(pid, []))
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pids):
+    kids = children_of()
+    out, todo = [], list(pids)
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
 
 
 def memory_kib(pid, key):
@@ -81,52 +117,50 @@ def read_chars(pid):
 
 
 class Relay:
-    """Forwards a loopback port to another and counts the bytes both ways."""
+    """A counting TCP relay (uphold-relay, its own process) in front of a loopback port.
+    `bytes` asks it for fresh counters (SIGUSR1) and waits until they are written."""
 
-    def __init__(self, to_port):
-        self.to_port = to_port
-        self.port = free_port()
-        self.bytes = 0
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
-        ready.wait()
+    def __init__(self, to_port, name):
+        self.counters = os.path.join(WORK, f"relay-{name}.json")
+        self.proc = subprocess.Popen(
+            [RELAY, "--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{to_port}",
+             "--counters", self.counters, "--every-ms", "0"],
+            stdout=subprocess.PIPE, text=True)
+        RELAYS.append(self)
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2 or line[0] != "listening":
+            raise RuntimeError(f"uphold-relay did not start (said {line!r})")
+        self.port = int(line[1].rsplit(":", 1)[1])
+        self.seq = self._read()["seq"]
 
-    def _run(self, ready):
-        asyncio.set_event_loop(self.loop)
+    def _read(self):
+        with open(self.counters) as f:
+            return json.loads(f.read())
 
-        async def pipe(reader, writer):
+    @property
+    def bytes(self):
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while True:
+            c = self._read()
+            if c["seq"] > self.seq:
+                self.seq = c["seq"]
+                return c["total"]
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("uphold-relay did not write its counters")
+            time.sleep(0.0005)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                while True:
-                    data = await reader.read(256 * 1024)
-                    if not data:
-                        break
-                    self.bytes += len(data)
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                try:
-                    writer.close()
-                except Exception:
-                    pass
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
-        async def handle(cr, cw):
-            try:
-                sr, sw = await asyncio.open_connection("127.0.0.1", self.to_port)
-            except OSError:
-                cw.close()
-                return
-            await asyncio.gather(pipe(cr, sw), pipe(sr, cw))
 
-        async def main():
-            server = await asyncio.start_server(handle, "127.0.0.1", self.port)
-            ready.set()
-            async with server:
-                await server.serve_forever()
-
-        self.loop.run_until_complete(main())
+RELAYS = []
 
 
 def identical(a, b):
@@ -152,7 +186,12 @@ class Tool:
             f.write("bench\n")
 
     def cpu(self):
-        return sum(cpu_seconds(p, children=True) for p in self.pids())
+        return tree_cpu(self.pids())
+
+    def quiet(self):
+        """Waits until the tool has no helper processes left (lsyncd's rsync runs and
+        the daemon's per-connection children), so their CPU is in the count."""
+        wait(f"{self.name} helpers to exit", lambda: not descendants(self.pids()), limit=60, step=0.01)
 
     def sender_pid(self):
         return self.pids()[0]
@@ -165,7 +204,7 @@ class Uphold(Tool):
         super().__init__()
         self.dir = os.path.join(WORK, "uphold")
         self.pa, self.pb, self.api_a, self.api_b = (free_port() for _ in range(4))
-        self.relay = Relay(self.pb)
+        self.relay = Relay(self.pb, "uphold")
         self.config = os.path.join(self.dir, "u.toml")
         os.makedirs(self.dir, exist_ok=True)
         with open(self.config, "w") as f:
@@ -197,6 +236,7 @@ from = "a"
         shutil.rmtree(os.path.join(self.dir, "state"), ignore_errors=True)
         log = open(os.path.join(self.dir, "log"), "a")
         b = subprocess.Popen([UPHOLD, "run", "--config", self.config, "--node", "b"], stderr=log)
+        self.procs = [b]  # stopped on the way out even if the start fails
         wait("uphold b to listen", lambda: port_open(self.pb), 30)
         t0 = time.monotonic()
         a = subprocess.Popen([UPHOLD, "run", "--config", self.config, "--node", "a"], stderr=log)
@@ -244,7 +284,7 @@ class Lsyncd(Tool):
         self.dir = os.path.join(WORK, "lsyncd")
         os.makedirs(self.dir, exist_ok=True)
         self.prd = free_port()
-        self.relay = Relay(self.prd)
+        self.relay = Relay(self.prd, "lsyncd")
         self.rsyncd_conf = os.path.join(self.dir, "rsyncd.conf")
         self.lua = os.path.join(self.dir, "lsyncd.lua")
         self.log = os.path.join(self.dir, "lsyncd.log")
@@ -282,6 +322,7 @@ sync {{
         d = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={self.rsyncd_conf}",
                               f"--port={self.prd}", "--address=127.0.0.1"],
                              stderr=subprocess.DEVNULL)
+        self.procs = [d]  # stopped on the way out even if the start fails
         wait("rsync daemon to listen", lambda: port_open(self.prd), 30)
         t0 = time.monotonic()
         l = subprocess.Popen(["lsyncd", self.lua], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -320,16 +361,23 @@ def port_open(port):
 
 
 def timed(tool, action, until, what):
-    """Runs `action`, waits for `until`; returns (seconds, cpu seconds, wire bytes)."""
+    """Runs `action` and times it until `until` holds. Then waits for the trees to be
+    identical (full comparison) and for the tool's helper processes to exit, so the CPU
+    seconds and wire bytes returned cover all the work the change caused."""
     cpu0, wire0 = tool.cpu(), tool.relay.bytes
     t0 = time.monotonic()
     action()
     wait(what, until, step=0.001)
-    return time.monotonic() - t0, tool.cpu() - cpu0, tool.relay.bytes - wire0
+    secs = time.monotonic() - t0
+    settle(tool)
+    return secs, tool.cpu() - cpu0, tool.relay.bytes - wire0
 
 
 def settle(tool):
+    """Full comparison of source and target (polled: a tool may still be finishing),
+    then no helper process of the tool left running."""
     wait(f"{tool.name} to settle", lambda: identical(tool.src, tool.dst), step=0.05)
+    tool.quiet()
 
 
 # ---- scenarios: each returns a dict of figures for one repetition ----
@@ -345,7 +393,7 @@ def sc_write(tool):
     os.makedirs(d, exist_ok=True)
     settle(tool)
     lat = []
-    cpu0 = tool.cpu()
+    cpu0, wire0 = tool.cpu(), tool.relay.bytes
     for i in range(SMALL_WRITES):
         data = os.urandom(1024)
         name = f"r{WRITE_ROUND[0]}-{i}"
@@ -363,9 +411,11 @@ def sc_write(tool):
         wait("a small write", arrived, limit=30, step=0.0005)
         lat.append((time.monotonic() - t0) * 1000)
         time.sleep(0.05)  # spacing between writes (not part of any figure)
+    settle(tool)
     lat.sort()
-    return {"p50_ms": statistics.median(lat), "p95_ms": lat[int(len(lat) * 0.95) - 1],
-            "cpu_ms_per_write": (tool.cpu() - cpu0) * 1000 / SMALL_WRITES}
+    return {"p50_ms": statistics.median(lat), "p95_ms": lat[math.ceil(len(lat) * 0.95) - 1],
+            "cpu_ms_per_write": (tool.cpu() - cpu0) * 1000 / SMALL_WRITES,
+            "wire_kib_per_write": (tool.relay.bytes - wire0) / 1024 / SMALL_WRITES}
 
 
 def staging(kind, count, size):
@@ -407,7 +457,6 @@ def sc_burst(tool):
         subprocess.run(["cp", "-r", stage, dest], check=True)
         done["cp"] = time.monotonic() - t0
     secs, cpu, wire = timed(tool, write, lambda: count_files(target) >= BURST_FILES, "the burst")
-    settle(tool)
     # Not timed: the next repetition starts from the same tree.
     shutil.rmtree(dest)
     settle(tool)
@@ -442,7 +491,6 @@ def sc_bigfile(tool):
     receiver = tool.pids()[1]
     reads0 = read_chars(receiver) if tool.name == "uphold" else 0
     secs, cpu, wire = timed(tool, change, arrived, "the 4 KiB change")
-    settle(tool)
     out = {"seconds": secs, "cpu_s": cpu, "wire_kib": wire / 1024}
     if tool.name == "uphold":
         out["target_reads"] = (read_chars(receiver) - reads0) / size
@@ -461,7 +509,6 @@ def sc_rename(tool):
     secs, cpu, wire = timed(tool, lambda: os.rename(old, new),
                             lambda: not os.path.exists(t_old) and count_files(t_new) >= RENAME_FILES,
                             "the directory rename")
-    settle(tool)
     return {"seconds": secs, "cpu_s": cpu, "wire_kib": wire / 1024}
 
 
@@ -473,7 +520,7 @@ def sc_delete(tool):
     target = os.path.join(tool.dst, "tree-renamed")
     secs, cpu, wire = timed(tool, lambda: shutil.rmtree(victim),
                             lambda: not os.path.exists(target), "the deletion")
-    return {"seconds": secs, "cpu_s": cpu}
+    return {"seconds": secs, "cpu_s": cpu, "wire_kib": wire / 1024}
 
 
 def sc_startup(tool):
@@ -495,10 +542,15 @@ def sc_startup(tool):
     shutil.rmtree(tool.dst)
     subprocess.run(["cp", "-a", stage, tool.src], check=True)
     subprocess.run(["cp", "-a", stage, tool.dst], check=True)
+    wire0 = tool.relay.bytes
     watching, initial = tool.start()
     sender = tool.sender_pid()
     out = {"watching_s": watching or 0.0, "initial_s": initial,
            "rss_mib": memory_kib(sender, "VmRSS") / 1024, "peak_mib": memory_kib(sender, "VmHWM") / 1024}
+    # Fresh processes: all their CPU time so far is the start-up's.
+    out["cpu_s"] = tool.cpu()
+    settle(tool)
+    out["wire_mib"] = (tool.relay.bytes - wire0) / 2**20
     tool.stop()
     tool.reset_trees()
     tool.start()
@@ -509,14 +561,25 @@ SCENARIOS_FN = {"write": sc_write, "burst": sc_burst, "bigfile": sc_bigfile,
                 "rename": sc_rename, "delete": sc_delete, "startup": sc_startup}
 
 
+def stop_relays():
+    for r in RELAYS:
+        r.stop()
+    RELAYS.clear()
+
+
 def main():
     os.makedirs(WORK, exist_ok=True)
-    tools = [Uphold(), Lsyncd()]
-    results = {t.name: {} for t in tools}
-    for t in tools:
-        t.reset_trees()
-        t.start()
+    # SIGTERM (run.sh's trap, a kill of the run) takes the same way out as an error:
+    # every process this run started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    atexit.register(stop_relays)
+    tools = []
+    results = {"uphold": {}, "lsyncd": {}}
     try:
+        tools = [Uphold(), Lsyncd()]
+        for t in tools:
+            t.reset_trees()
+            t.start()
         for rep in range(REPS):
             for sc in SCENARIOS:
                 for t in (tools if rep % 2 == 0 else list(reversed(tools))):
@@ -527,6 +590,7 @@ def main():
     finally:
         for t in tools:
             t.stop()
+        stop_relays()
     with open(os.path.join(WORK, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print_table(results)
@@ -536,6 +600,7 @@ ROWS = [
     ("write", "p50_ms", "one 1 KiB write until identical, p50 (ms)"),
     ("write", "p95_ms", "one 1 KiB write, p95 (ms)"),
     ("write", "cpu_ms_per_write", "CPU per small write, both sides (ms)"),
+    ("write", "wire_kib_per_write", "on the wire per small write (KiB)"),
     ("burst", "seconds", f"{BURST_FILES} x 4 KiB in 100 new dirs, until all there (s)"),
     ("burst", "written_s", "... of which cp itself writing the files (s)"),
     ("burst", "after_s", "... from the last file written until all there (s)"),
@@ -547,11 +612,16 @@ ROWS = [
     ("bigfile", "target_reads", "... reads of the target file by the receiver (x file size)"),
     ("rename", "seconds", f"rename of a dir holding {RENAME_FILES} files (s)"),
     ("rename", "wire_kib", "... on the wire (KiB)"),
+    ("rename", "cpu_s", "... CPU, both sides (s)"),
     ("delete", "seconds", f"delete {RENAME_FILES} files (s)"),
+    ("delete", "wire_kib", "... on the wire (KiB)"),
+    ("delete", "cpu_s", "... CPU, both sides (s)"),
     ("startup", "watching_s", f"start on {START_FILES} identical files: watching (s)"),
     ("startup", "initial_s", "... initial check done (s)"),
     ("startup", "rss_mib", "... sender RSS after (MiB)"),
     ("startup", "peak_mib", "... sender peak RSS (MiB)"),
+    ("startup", "cpu_s", "... CPU until the initial check is done, both sides (s)"),
+    ("startup", "wire_mib", "... on the wire (MiB)"),
 ]
 
 

@@ -27,7 +27,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
-(cd "$root" && cargo build --release -p uphold)
+(cd "$root" && cargo build --release -p uphold && cargo build --release -p uphold-testkit --bin uphold-relay)
 
 # Each tool gets a fresh ext4 filesystem of its own (a loop device): file creation on
 # ext4 slows down sharply after many recent deletions (the inode allocator skips
@@ -48,9 +48,9 @@ if [ "$(id -u)" = 0 ] && [ "${NO_LOOP:-0}" != 1 ]; then
         rm -rf "${WORK:?}/$tool" "$WORK/$tool.img"
         mkdir -p "$WORK/$tool"
         truncate -s "${FS_SIZE:-6G}" "$WORK/$tool.img"
-        mkfs.ext4 -q -F "$WORK/$tool.img"
+        mkfs.ext4 -q -F -N 1200000 "$WORK/$tool.img"
         mount -o loop "$WORK/$tool.img" "$WORK/$tool"
         mounted+=("$WORK/$tool")
     done
 fi
-UPHOLD_BIN=$target/release/uphold python3 "$root/bench/sync/bench.py"
+UPHOLD_BIN=$target/release/uphold RELAY_BIN=$target/release/uphold-relay python3 "$root/bench/sync/bench.py"

@@ -337,7 +337,29 @@ impl Receiver {
     ) -> Result<Response, String> {
         self.expire_idle();
         {
-            let map = self.transfers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self.transfers.lock().unwrap_or_else(|e| e.into_inner());
+            // A sender begins a file again only when its earlier stream of it is lost (a
+            // broken connection whose abort never arrived, a sender restart): that one
+            // must not hold a slot until it expires, or a flapping link locks the sender
+            // out of large files for minutes.
+            let dead: Vec<u64> = map
+                .iter()
+                .filter_map(|(id, slot)| match slot {
+                    TransferSlot::Idle(t)
+                        if &t.peer == peer
+                            && t.path == path
+                            && t.set.config.name == set.config.name =>
+                    {
+                        Some(*id)
+                    }
+                    _ => None,
+                })
+                .collect();
+            for id in dead {
+                if let Some(TransferSlot::Idle(t)) = map.remove(&id) {
+                    let _ = t.dir.unlink(&t.temp);
+                }
+            }
             let open = map
                 .values()
                 .filter(|slot| match slot {

@@ -15,7 +15,7 @@ use crate::protocol::{
     CompareItem, CompareResult, DeltaBasis, FileOp, OpResult, Request, Response, BODY_BUDGET,
     COMPARE_BATCH, DELTA_MIN, INLINE_MAX, SYNC_PROTOCOL,
 };
-use crate::scan::{list_local, stat_local};
+use crate::scan::{list_local, open_local, stat_local};
 use crate::transport::{CallError, Transport};
 use std::collections::{BTreeSet, VecDeque};
 use std::io::Read;
@@ -171,6 +171,9 @@ impl Run<'_> {
                 },
                 recursive: false,
             }))
+            // Hints name excluded places too (a new excluded directory is scanned by the
+            // watcher like any other): what is in them is neither sent nor deleted.
+            .filter(|job| !self.set.excludes.covers(&job.dir, true))
             .collect();
         initial.sort_by_key(|j| j.dir.depth());
         let mut queue: VecDeque<Job> = initial.into();
@@ -475,9 +478,8 @@ impl Run<'_> {
         entry: Entry,
         basis: Option<u64>,
     ) -> Result<(), Stop> {
-        let full = path.under(&self.set.source);
         if entry.size <= INLINE_MAX {
-            match read_stable(&full, &entry) {
+            match read_stable(open_local(&self.set.source, &path), &entry) {
                 Some(data) => {
                     self.push(FileOp::Put {
                         path,
@@ -554,10 +556,11 @@ impl Run<'_> {
             self.counters.delta_files.fetch_add(1, Ordering::Relaxed);
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
-        let full = path.under(&self.set.source);
+        let (root, rel) = (self.set.source.clone(), path.clone());
         let expected = entry.clone();
-        let producer =
-            tokio::task::spawn_blocking(move || produce(&full, &expected, signature, tx));
+        let producer = tokio::task::spawn_blocking(move || {
+            produce(open_local(&root, &rel), &expected, signature, tx)
+        });
         let mut failure: Option<Stop> = None;
         while let Some(data) = rx.recv().await {
             if let Err(e) = self.t.call(Request::Chunk { id, data }).await {
@@ -639,12 +642,8 @@ fn unchanged(md: &std::fs::Metadata, entry: &Entry) -> bool {
 }
 
 /// The whole content of a small file, if it is still the version listed.
-fn read_stable(full: &std::path::Path, entry: &Entry) -> Option<Vec<u8>> {
-    let mut f = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(full)
-        .ok()?;
+fn read_stable(opened: std::io::Result<std::fs::File>, entry: &Entry) -> Option<Vec<u8>> {
+    let mut f = opened.ok()?;
     if !unchanged(&f.metadata().ok()?, entry) {
         return None;
     }
@@ -653,21 +652,15 @@ fn read_stable(full: &std::path::Path, entry: &Entry) -> Option<Vec<u8>> {
     (data.len() as u64 == entry.size && unchanged(&f.metadata().ok()?, entry)).then_some(data)
 }
 
-use std::os::unix::fs::OpenOptionsExt;
-
 /// Reads a large source file once, as delta records or plain chunks, into `tx`; returns
 /// its blake3 hash if the file stayed the version listed.
 fn produce(
-    full: &std::path::Path,
+    opened: std::io::Result<std::fs::File>,
     entry: &Entry,
     signature: Option<Signature>,
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
 ) -> Result<[u8; 32], String> {
-    let f = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(full)
-        .map_err(|e| e.to_string())?;
+    let f = opened.map_err(|e| e.to_string())?;
     let check = |f: &std::fs::File| match f.metadata() {
         Ok(md) if unchanged(&md, entry) => Ok(()),
         _ => Err("changed while being read".to_string()),

@@ -208,6 +208,12 @@ async fn run_set(
     publish: impl Fn(SetStatus),
     mut stop: watch::Receiver<bool>,
 ) {
+    if !set.nodes.contains(&opts.me) {
+        // Listed in the file for other members; this one takes no part.
+        publish(base_status(&set, "not taking part"));
+        let _ = stop.changed().await;
+        return;
+    }
     let rpc = Arc::new(RpcClient::new(opts.endpoint.clone()));
     loop {
         if *stop.borrow() {

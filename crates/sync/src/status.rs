@@ -21,7 +21,7 @@ pub struct SetStatus {
     pub name: String,
     pub source: String,
     pub target: String,
-    /// "sender", "receiver" or "starting".
+    /// "sender", "receiver" or "not taking part".
     pub role: String,
     /// Who sends: "group web" or "member a".
     pub direction: String,

@@ -97,6 +97,22 @@ impl Transport for RpcTransport {
     }
 }
 
+/// A failure injected into a [`LocalTransport`] (tests of crashes and cuts): the call
+/// after `after` matching calls fails as unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// Matching calls still answered normally.
+    pub after: u64,
+    /// Count and trip only `Chunk` calls (a failure in the middle of a stream).
+    pub chunks_only: bool,
+    /// The tripping call reaches the receiver and only its answer is lost (a timeout
+    /// after the work was done), instead of never arriving.
+    pub delivered: bool,
+    /// The network stays cut after the trip (`cut` is set) until the test restores it;
+    /// otherwise only the tripping call fails.
+    pub latch: bool,
+}
+
 /// Calls a receiver in this process (tests). Messages are still encoded and decoded, so
 /// byte counts and size limits are those of the real thing.
 pub struct LocalTransport {
@@ -105,6 +121,10 @@ pub struct LocalTransport {
     counts: ByteCounts,
     /// While set, every call fails as if the network were cut.
     pub cut: std::sync::atomic::AtomicBool,
+    /// Calls made, answered or not (`Chunk` calls also in `chunks`).
+    pub calls: AtomicU64,
+    pub chunks: AtomicU64,
+    fault: std::sync::Mutex<Option<Fault>>,
 }
 
 impl LocalTransport {
@@ -114,7 +134,41 @@ impl LocalTransport {
             peer,
             counts: ByteCounts::default(),
             cut: std::sync::atomic::AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+            chunks: AtomicU64::new(0),
+            fault: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Arms one fault (replacing an armed one); it disarms when it trips.
+    pub fn arm(&self, fault: Option<Fault>) {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+    }
+
+    /// Whether the armed fault has not tripped yet.
+    pub fn armed(&self) -> bool {
+        self.fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Whether this call trips the armed fault.
+    fn trips(&self, request: &Request) -> Option<Fault> {
+        let mut armed = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        let fault = armed.as_mut()?;
+        if fault.chunks_only && !matches!(request, Request::Chunk { .. }) {
+            return None;
+        }
+        if fault.after > 0 {
+            fault.after -= 1;
+            return None;
+        }
+        let tripped = armed.take();
+        if tripped.is_some_and(|f| f.latch) {
+            self.cut.store(true, Ordering::Relaxed);
+        }
+        tripped
     }
 }
 
@@ -124,6 +178,16 @@ impl Transport for LocalTransport {
             if self.cut.load(Ordering::Relaxed) {
                 return Err(CallError::Unreachable("network cut (test)".into()));
             }
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if matches!(request, Request::Chunk { .. }) {
+                self.chunks.fetch_add(1, Ordering::Relaxed);
+            }
+            let tripped = self.trips(&request);
+            if tripped.is_some_and(|f| !f.delivered) {
+                return Err(CallError::Unreachable(
+                    "injected fault: request lost".into(),
+                ));
+            }
             let body = encode(&request).map_err(CallError::Refused)?;
             self.counts
                 .sent
@@ -131,11 +195,14 @@ impl Transport for LocalTransport {
             let request: Request = decode(&body).map_err(CallError::Refused)?;
             let receiver = self.receiver.clone();
             let peer = self.peer.clone();
-            let response =
-                tokio::task::spawn_blocking(move || receiver.handle_request(&peer, request))
-                    .await
-                    .map_err(|e| CallError::Unreachable(e.to_string()))?
-                    .map_err(CallError::Refused)?;
+            let handled =
+                tokio::task::spawn_blocking(move || receiver.handle_request(&peer, request)).await;
+            if tripped.is_some() {
+                return Err(CallError::Unreachable("injected fault: answer lost".into()));
+            }
+            let response = handled
+                .map_err(|e| CallError::Unreachable(e.to_string()))?
+                .map_err(CallError::Refused)?;
             let answer = encode(&response).map_err(CallError::Refused)?;
             self.counts
                 .received

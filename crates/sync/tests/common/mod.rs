@@ -25,6 +25,23 @@ pub struct Pair {
     pub transport: LocalTransport,
     pub counters: SenderCounters,
     pub with_owner: bool,
+    pub exclude: Vec<String>,
+}
+
+fn receiver_transport(
+    source: &Path,
+    target: &Path,
+    exclude: &[String],
+    state: &Path,
+) -> LocalTransport {
+    let cfg = config(source, target, exclude.to_vec());
+    let receiver = Arc::new(Receiver::new(
+        NodeName::new("b").unwrap(),
+        &[cfg],
+        Arc::new(|_| false),
+        Some(state.to_path_buf()),
+    ));
+    LocalTransport::new(receiver, NodeName::new("a").unwrap())
 }
 
 pub fn config(source: &Path, target: &Path, exclude: Vec<String>) -> SyncConfig {
@@ -54,20 +71,38 @@ impl Pair {
     }
 
     pub fn with_excludes(exclude: Vec<String>) -> Pair {
-        let dir = tempfile::tempdir().unwrap();
+        Pair::build(tempfile::tempdir().unwrap(), exclude)
+    }
+
+    /// A pair on a memory file system when there is one (`/dev/shm`, or
+    /// `UPHOLD_TEST_TMPDIR`): for tests that run thousands of cases and are about the
+    /// replication logic, not the disk.
+    pub fn in_memory() -> Pair {
+        Pair::in_memory_with_excludes(Vec::new())
+    }
+
+    pub fn in_memory_with_excludes(exclude: Vec<String>) -> Pair {
+        let base = std::env::var_os("UPHOLD_TEST_TMPDIR")
+            .map(PathBuf::from)
+            .or_else(|| {
+                let shm = PathBuf::from("/dev/shm");
+                let writable = nix::unistd::access(&shm, nix::unistd::AccessFlags::W_OK).is_ok();
+                (shm.is_dir() && writable).then_some(shm)
+            });
+        let dir = match base {
+            Some(base) => tempfile::tempdir_in(base).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
+        Pair::build(dir, exclude)
+    }
+
+    fn build(dir: tempfile::TempDir, exclude: Vec<String>) -> Pair {
         let source = dir.path().join("src");
         let target = dir.path().join("dst");
         let state = dir.path().join("state");
         std::fs::create_dir(&source).unwrap();
         std::fs::create_dir(&target).unwrap();
-        let cfg = config(&source, &target, exclude.clone());
-        let receiver = Arc::new(Receiver::new(
-            NodeName::new("b").unwrap(),
-            &[cfg],
-            Arc::new(|_| false),
-            Some(state),
-        ));
-        let transport = LocalTransport::new(receiver, NodeName::new("a").unwrap());
+        let transport = receiver_transport(&source, &target, &exclude, &state);
         Pair {
             set: SenderSet {
                 name: "www".into(),
@@ -81,7 +116,17 @@ impl Pair {
             transport,
             counters: SenderCounters::default(),
             with_owner: nix::unistd::geteuid().is_root(),
+            exclude,
         }
+    }
+
+    /// The receiving member restarts: its open transfers are gone (their temporary
+    /// files stay on disk, as after a crash), a new receiver serves the same target
+    /// and state directory.
+    pub fn restart_receiver(&mut self) {
+        let exclude = self.exclude.clone();
+        let state = self.dir.path().join("state");
+        self.transport = receiver_transport(&self.source, &self.target, &exclude, &state);
     }
 
     pub async fn send(&self, batch: Pending) -> Outcome {
@@ -193,4 +238,46 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Whether `path` names one of the receiver's temporary files.
+pub fn is_temp(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| uphold_sync::path::is_temp_name(n.as_encoded_bytes()))
+}
+
+/// The receiver's temporary files anywhere below `root`.
+pub fn temp_files(root: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if is_temp(&path) {
+                out.push(path);
+            } else if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                walk(&path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &mut out);
+    out
+}
+
+/// Like [`assert_same`], with the receiver's temporary files on the target left out
+/// (leftovers of a crashed receiver, which no comparison shows).
+pub fn assert_same_but_temps(pair: &Pair) {
+    let a = snapshot(&pair.source, &pair.set.excludes);
+    let mut b = snapshot(&pair.target, &pair.set.excludes);
+    b.retain(|k, _| !is_temp(k));
+    let only_a: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+    let only_b: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).collect();
+    let differ: Vec<_> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k).is_some_and(|w| w != *v))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty() && differ.is_empty(),
+        "trees differ: only in source {only_a:?}, only in target {only_b:?}, different {differ:?}"
+    );
 }
