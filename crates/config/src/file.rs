@@ -16,6 +16,7 @@ pub(crate) struct FileConfig {
     pub group: Option<Vec<GroupFile>>,
     pub sync: Option<Vec<crate::sync::SyncFile>>,
     pub balance: Option<Vec<crate::balance::BalanceFile>>,
+    pub balancer: Option<crate::balance::BalancerFile>,
 }
 
 impl FileConfig {

@@ -14,6 +14,8 @@ pub struct Config {
     pub sync: Vec<crate::sync::SyncConfig>,
     /// `[[balance]]` frontends.
     pub balance: Vec<crate::balance::BalanceConfig>,
+    /// `[balancer]`: settings of the balancing role as a whole.
+    pub balancer: crate::balance::BalancerSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Copy)]

@@ -87,6 +87,7 @@ pub(crate) fn validate(file: FileConfig, ctx: &mut Ctx<'_>) -> Config {
             cluster: None,
             sync: Vec::new(),
             balance: Vec::new(),
+            balancer: Default::default(),
         };
     }
     let groups = file.group.unwrap_or_default();
@@ -109,10 +110,12 @@ pub(crate) fn validate(file: FileConfig, ctx: &mut Ctx<'_>) -> Config {
     };
     let sync = crate::sync::validate_sync(ctx, file.sync.unwrap_or_default(), cluster.as_ref());
     let balance = crate::balance::validate_balance(ctx, file.balance.unwrap_or_default());
+    let balancer = crate::balance::validate_balancer(ctx, file.balancer);
     Config {
         cluster,
         sync,
         balance,
+        balancer,
     }
 }
 

@@ -189,6 +189,7 @@ fn full_file_lands_in_the_typed_model() {
         }),
         sync: Vec::new(),
         balance: Vec::new(),
+        balancer: Default::default(),
     };
     assert_eq!(loaded.config, expected);
     let cluster = loaded.config.cluster.as_ref().unwrap();
@@ -372,7 +373,8 @@ fn an_empty_file_is_valid_but_warns() {
             Config {
                 cluster: None,
                 sync: Vec::new(),
-                balance: Vec::new()
+                balance: Vec::new(),
+                balancer: Default::default(),
             }
         );
         let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();

@@ -32,6 +32,10 @@ pub enum Command {
     /// File sync: `uphold sync once SET` brings the targets up to date and exits.
     #[command(subcommand)]
     Sync(SyncCommand),
+    /// Balancer: take a server out gently (drain), at once (disable), back (enable),
+    /// or change its weight, without a restart.
+    #[command(subcommand)]
+    Balance(BalanceCommand),
     /// The tiny service the demo floats between its nodes.
     #[command(hide = true)]
     DemoService(DemoServiceArgs),
@@ -46,6 +50,36 @@ pub enum SyncCommand {
     /// line, and exit (0 when every target is identical). A replacement for a
     /// hand-run rsync; the targets must be running `uphold run`.
     Once(SyncOnceArgs),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BalanceCommand {
+    /// No new connections or requests (clients with a persistence cookie still get
+    /// through); open ones finish.
+    Drain(BalanceTarget),
+    /// No new connections at all; open ones finish.
+    Disable(BalanceTarget),
+    /// Back in service.
+    Enable(BalanceTarget),
+    /// Set the weight (0-256; 0 takes no new traffic).
+    Weight(BalanceWeight),
+}
+
+#[derive(Args, Debug)]
+pub struct BalanceTarget {
+    #[command(flatten)]
+    pub select: NodeSelect,
+    /// FRONTEND/SERVER, or SERVER when only one frontend has it.
+    pub server: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BalanceWeight {
+    #[command(flatten)]
+    pub select: NodeSelect,
+    /// FRONTEND/SERVER, or SERVER when only one frontend has it.
+    pub server: String,
+    pub weight: u32,
 }
 
 #[derive(Args, Debug)]

@@ -1,6 +1,7 @@
 //! The `uphold` binary: command-line parsing and dispatch to the subcommands.
 //! Each subcommand lives in its own module; the roles live in their crates.
 
+mod balance_cmd;
 mod check;
 mod cli;
 mod demo;
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         cli::Command::Init(args) => init::main(args),
         cli::Command::Demo(args) => demo::main(args),
         cli::Command::Sync(cli::SyncCommand::Once(args)) => sync_cmd::once(args),
+        cli::Command::Balance(command) => balance_cmd::main(command),
         cli::Command::DemoService(args) => demo::service_main(args),
         cli::Command::Guard => match uphold_os::guard::run_guard_process() {
             Ok(()) => ExitCode::SUCCESS,

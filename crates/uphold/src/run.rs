@@ -23,18 +23,23 @@ pub fn main(args: RunArgs) -> ExitCode {
         warn!("{warning}");
     }
     let config = loaded.config;
-    let Some(cluster) = config.cluster.clone() else {
+    if config.cluster.is_none() && config.balance.is_empty() {
         eprintln!(
-            "error: {}: nothing to run (no [cluster] section)",
+            "error: {}: nothing to run (no [cluster] and no [[balance]] section)",
             args.select.config.display()
         );
         return ExitCode::from(EXIT_CONFIG);
-    };
-    let me = match uphold_config::select_member(&cluster, args.select.node.as_deref()) {
-        Ok(member) => member.clone(),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+    }
+    let cluster = match config.cluster.clone() {
+        None => None,
+        Some(cluster) => {
+            match uphold_config::select_member(&cluster, args.select.node.as_deref()) {
+                Ok(member) => Some((cluster.clone(), member.clone())),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -48,7 +53,7 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon(args.select.config.clone(), config, cluster, me)) {
+    match runtime.block_on(daemon(args.select.config.clone(), config, cluster)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -86,13 +91,152 @@ struct NodeStatus {
     cluster: Option<uphold_cluster::runtime::status::ClusterStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sync: Option<uphold_sync::status::SyncStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    balance: Option<uphold_balance::BalanceStatus>,
 }
+
+type Balance = Option<Arc<uphold_balance::BalanceService>>;
 
 async fn daemon(
     config_path: std::path::PathBuf,
     config: uphold_config::Config,
+    cluster: Option<(uphold_config::ClusterConfig, uphold_config::Member)>,
+) -> anyhow::Result<()> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    spawn_signal_handler(shutdown_tx, config_path, reload_tx)?;
+    let balance: Balance = if config.balance.is_empty() {
+        None
+    } else {
+        let service = uphold_balance::BalanceService::start(
+            &config.balance,
+            &config.balancer,
+            tokio::runtime::Handle::current(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Some(Arc::new(service))
+    };
+    let result = match cluster {
+        Some((cluster, me)) => {
+            members_daemon(config, cluster, me, balance.clone(), shutdown_rx, reload_rx).await
+        }
+        None => balance_only(config, balance.clone(), shutdown_rx, reload_rx).await,
+    };
+    if let Some(balance) = balance {
+        let _ = tokio::task::spawn_blocking(move || balance.stop()).await;
+    }
+    info!("uphold stopped");
+    result
+}
+
+/// A file without `[cluster]`: only the balancer and the local API.
+async fn balance_only(
+    config: uphold_config::Config,
+    balance: Balance,
+    mut shutdown_rx: watch::Receiver<bool>,
+    mut reload_rx: tokio::sync::mpsc::UnboundedReceiver<uphold_config::Config>,
+) -> anyhow::Result<()> {
+    let api_listen = config.balancer.api;
+    let status_balance = balance.clone();
+    let status_fn: uphold_web::StatusFn = Arc::new(move || {
+        let doc = NodeStatus {
+            cluster: None,
+            sync: None,
+            balance: status_balance.as_ref().map(|b| b.status()),
+        };
+        serde_json::to_value(doc).ok()
+    });
+    let metrics_balance = balance.clone();
+    let metrics_fn: uphold_web::MetricsFn = Arc::new(move || {
+        let body = metrics_balance
+            .as_ref()
+            .map(|b| b.status().metrics())
+            .unwrap_or_default();
+        format!("{body}# EOF\n")
+    });
+    let mut api_shutdown = shutdown_rx.clone();
+    let actions = balance_actions(balance.clone());
+    let api = tokio::spawn(async move {
+        let stop = async move {
+            let _ = api_shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) =
+            uphold_web::serve_with_actions(api_listen, status_fn, metrics_fn, actions, stop).await
+        {
+            error!("API: {e:#}");
+        }
+    });
+    info!(api = %api_listen, "uphold starting (balancer only)");
+    loop {
+        tokio::select! {
+            _ = shutdown_rx.wait_for(|stop| *stop) => break,
+            new = reload_rx.recv() => match new {
+                Some(new) => {
+                    if new.cluster.is_some() {
+                        error!("reload: a [cluster] section was added; restart uphold to start the cluster");
+                    }
+                    reload_balance(&balance, &new).await;
+                }
+                None => break,
+            },
+        }
+    }
+    api.abort();
+    Ok(())
+}
+
+async fn reload_balance(balance: &Balance, new: &uphold_config::Config) {
+    let Some(service) = balance.clone() else {
+        if !new.balance.is_empty() {
+            error!("reload: [[balance]] sections were added; restart uphold to start the balancer");
+        }
+        return;
+    };
+    let frontends = new.balance.clone();
+    let errors = tokio::task::spawn_blocking(move || service.reload(&frontends))
+        .await
+        .unwrap_or_default();
+    for e in errors {
+        error!("reload: {e}");
+    }
+}
+
+/// `POST /v1/balance/VERB` with body `TARGET` (and ` WEIGHT` for `weight`).
+fn balance_actions(balance: Balance) -> Option<uphold_web::ActionFn> {
+    let balance = balance?;
+    Some(Arc::new(move |command: &str, body: &str| {
+        let Some(verb) = command.strip_prefix("balance/") else {
+            return Err((404, format!("unknown command {command:?}")));
+        };
+        let mut words = body.split_whitespace();
+        let target = words
+            .next()
+            .ok_or((400, "name a server: FRONTEND/SERVER or SERVER".to_string()))?;
+        let action = match verb {
+            "enable" => uphold_balance::Action::Enable,
+            "drain" => uphold_balance::Action::Drain,
+            "disable" => uphold_balance::Action::Disable,
+            "weight" => {
+                let w = words
+                    .next()
+                    .and_then(|w| w.parse::<u32>().ok())
+                    .filter(|w| *w <= 256)
+                    .ok_or((400, "weight needs a number from 0 to 256".to_string()))?;
+                uphold_balance::Action::Weight(w)
+            }
+            other => return Err((404, format!("unknown balance command {other:?}"))),
+        };
+        balance.control(target, action).map_err(|e| (404, e))
+    }))
+}
+
+async fn members_daemon(
+    config: uphold_config::Config,
     cluster: uphold_config::ClusterConfig,
     me: uphold_config::Member,
+    balance: Balance,
+    shutdown_rx: watch::Receiver<bool>,
+    mut reload_rx: tokio::sync::mpsc::UnboundedReceiver<uphold_config::Config>,
 ) -> anyhow::Result<()> {
     let tls_dir = cluster.tls_dir_for(&me.name);
     let identity = uphold_proto::tls::TlsIdentity::load(&tls_dir, &me.name).map_err(|e| {
@@ -105,10 +249,6 @@ async fn daemon(
         cluster.name.clone(),
         allowed,
     ));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::unbounded_channel();
-    spawn_signal_handler(shutdown_tx, config_path, reload_tx)?;
-
     let status_cell: StatusCell = Arc::new(RwLock::new(None));
     // A file that only names members for file sync runs no consensus. A cluster with
     // no groups yet still runs it, so groups can be added with SIGHUP.
@@ -160,17 +300,25 @@ async fn daemon(
 
     let api_status = status_cell.clone();
     let api_sync = sync.as_ref().map(|(_, s)| s.clone());
+    let api_balance = balance.clone();
     let status_fn: uphold_web::StatusFn = Arc::new(move || {
         let cluster = api_status.read().ok().and_then(|c| c.clone());
         let sync = api_sync
             .as_ref()
             .and_then(|s| s.lock().ok().and_then(|s| s.as_ref().map(|s| s.status())));
-        if cluster.is_none() && sync.is_none() {
+        let balance = api_balance.as_ref().map(|b| b.status());
+        if cluster.is_none() && sync.is_none() && balance.is_none() {
             return None;
         }
-        serde_json::to_value(NodeStatus { cluster, sync }).ok()
+        serde_json::to_value(NodeStatus {
+            cluster,
+            sync,
+            balance,
+        })
+        .ok()
     });
     let metrics_cell = status_cell.clone();
+    let metrics_balance = balance.clone();
     let metrics_sync = sync.as_ref().map(|(_, s)| s.clone());
     let metrics_fn: uphold_web::MetricsFn = Arc::new(move || {
         let mut text = runtime::metrics::render(&metrics_cell);
@@ -184,15 +332,22 @@ async fn daemon(
                 text = format!("{body}{}# EOF\n", status.metrics());
             }
         }
+        if let Some(balance) = &metrics_balance {
+            let body = text.strip_suffix("# EOF\n").unwrap_or(&text).to_string();
+            text = format!("{body}{}# EOF\n", balance.status().metrics());
+        }
         text
     });
     let mut api_shutdown = shutdown_rx.clone();
     let api_listen = me.api;
+    let actions = balance_actions(balance.clone());
     let api = tokio::spawn(async move {
         let stop = async move {
             let _ = api_shutdown.wait_for(|stop| *stop).await;
         };
-        if let Err(e) = uphold_web::serve(api_listen, status_fn, metrics_fn, stop).await {
+        if let Err(e) =
+            uphold_web::serve_with_actions(api_listen, status_fn, metrics_fn, actions, stop).await
+        {
             error!("API: {e:#}");
         }
     });
@@ -200,11 +355,18 @@ async fn daemon(
     // SIGHUP: the cluster takes its part; sync sets are restarted where they changed.
     let (cluster_reload_tx, cluster_reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let reload_sync = sync.as_ref().map(|(_, s)| s.clone());
+    let reload_balancer = balance.clone();
     tokio::spawn(async move {
         while let Some(new) = reload_rx.recv().await {
             let new: uphold_config::Config = new;
-            if let Some(cluster) = new.cluster {
-                let _ = cluster_reload_tx.send(cluster);
+            reload_balance(&reload_balancer, &new).await;
+            match new.cluster {
+                Some(cluster) => {
+                    let _ = cluster_reload_tx.send(cluster);
+                }
+                None => error!(
+                    "reload: the [cluster] section is gone; the cluster keeps its configuration"
+                ),
             }
             if let Some(sync) = &reload_sync {
                 let sync = sync.clone();
@@ -257,7 +419,6 @@ async fn daemon(
         }
     }
     api.abort();
-    info!("uphold stopped");
     result
 }
 
@@ -316,14 +477,10 @@ fn reload_config(
             }
         }
         Ok(loaded) => {
-            if loaded.config.cluster.is_none() {
-                error!(
-                    "reload refused: {} has no [cluster] section",
-                    path.display()
-                );
-            } else {
-                let _ = reload.send(loaded.config);
+            for warning in &loaded.warnings {
+                warn!("{warning}");
             }
+            let _ = reload.send(loaded.config);
         }
     }
 }

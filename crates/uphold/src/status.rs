@@ -20,21 +20,14 @@ pub fn main(args: StatusArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let Some(cluster) = loaded.config.cluster else {
-        eprintln!(
-            "error: {}: no [cluster] section",
-            args.select.config.display()
-        );
-        return ExitCode::from(EXIT_CONFIG);
-    };
-    let me = match uphold_config::select_member(&cluster, args.select.node.as_deref()) {
-        Ok(m) => m,
+    let (who, api) = match local_api(&loaded.config, args.select.node.as_deref()) {
+        Ok(pair) => pair,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}: {e}", args.select.config.display());
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match fetch_document(me.api) {
+    match fetch_document(api) {
         Ok(doc) => {
             if args.json {
                 match serde_json::to_string_pretty(&doc) {
@@ -56,12 +49,25 @@ pub fn main(args: StatusArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!(
-                "error: cannot get status from {} at {}: {e}",
-                me.name, me.api
-            );
+            eprintln!("error: cannot get status from {who} at {api}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Which daemon to ask and where: this member's API, or the `[balancer]` API of a
+/// file without `[cluster]`.
+pub fn local_api(
+    config: &uphold_config::Config,
+    node: Option<&str>,
+) -> Result<(String, SocketAddr), String> {
+    match &config.cluster {
+        Some(cluster) => {
+            let me = uphold_config::select_member(cluster, node).map_err(|e| e.to_string())?;
+            Ok((me.name.to_string(), me.api))
+        }
+        None if !config.balance.is_empty() => Ok(("the balancer".to_string(), config.balancer.api)),
+        None => Err("no [cluster] and no [[balance]] section".to_string()),
     }
 }
 
@@ -96,10 +102,28 @@ fn render(doc: &serde_json::Value) -> Result<String, String> {
         }
         out.push_str(&sync.render());
     }
+    if let Some(balance) = doc.get("balance") {
+        let balance: uphold_balance::BalanceStatus =
+            serde_json::from_value(balance.clone()).map_err(|e| e.to_string())?;
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&balance.render());
+    }
     Ok(out)
 }
 
 pub fn http_get(api: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
+    http_request(api, "GET", path, "")
+}
+
+/// One request to the local API; the body of a 200 answer, else the API's own words.
+pub fn http_request(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<Vec<u8>, String> {
     let timeout = Duration::from_secs(3);
     let mut stream = TcpStream::connect_timeout(&api, timeout)
         .map_err(|e| format!("is `uphold run` running? ({e})"))?;
@@ -111,7 +135,10 @@ pub fn http_get(api: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())?;
     // One write: a request split over several segments can be half-read by a
     // simple server, which then resets the connection.
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {api}\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {api}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream
         .write_all(request.as_bytes())
         .map_err(|e| e.to_string())?;
@@ -127,7 +154,13 @@ pub fn http_get(api: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
     let head = String::from_utf8_lossy(&response[..split]);
     let status_line = head.lines().next().unwrap_or_default();
     if !status_line.contains(" 200 ") {
-        return Err(format!("API answered {status_line:?}"));
+        let text = String::from_utf8_lossy(&response[split + 4..])
+            .trim()
+            .to_string();
+        if text.is_empty() {
+            return Err(format!("API answered {status_line:?}"));
+        }
+        return Err(text);
     }
     Ok(response[split + 4..].to_vec())
 }

@@ -1,0 +1,456 @@
+//! HTTP mode: HTTP/1.1 with keep-alive towards clients (hyper's server), each request
+//! sent to a server picked for it over a pooled, reused server connection (see
+//! `upstream`). Adds X-Forwarded-For/-Proto, sets and honours the persistence cookie,
+//! answers 502/503/504 itself, and retries a request on another connection or server
+//! when it failed before any of it was sent.
+
+use crate::connect::{connect_any, Failure};
+use crate::engine::select::client_hash;
+use crate::frontend::{Frontend, Slot};
+use crate::idle::{Activity, Watched};
+use crate::pool::{Lease, Refusal};
+use crate::upstream::{self, ReqBody, Returnable};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+pub type ResponseBody = Either<Relay, Full<Bytes>>;
+
+/// A client connection (plain or TLS) served until it closes or idles out.
+pub async fn serve<S>(io: S, peer: SocketAddr, local: SocketAddr, slot: Slot, tls: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let frontend = slot.current();
+    let cfg = &frontend.config;
+    let activity = Activity::default();
+    let io = hyper_util::rt::TokioIo::new(Watched::new(io, activity.clone()));
+    let conn_ctx = Arc::new(ConnCtx {
+        slot,
+        peer,
+        local,
+        tls,
+    });
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = conn_ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(cfg.header_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                if e.is_parse() || e.is_timeout() {
+                    frontend.pool.counters.bad_requests.fetch_add(1, Relaxed);
+                }
+                tracing::debug!(frontend = %cfg.name, client = %peer, "client connection: {e}");
+            }
+        }
+        _ = activity.idle_for(cfg.client_timeout.max(cfg.server_timeout)) => {
+            tracing::debug!(frontend = %cfg.name, client = %peer, "client connection idle; closed");
+        }
+    }
+}
+
+struct ConnCtx {
+    slot: Slot,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: bool,
+}
+
+async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ResponseBody> {
+    let frontend = ctx.slot.current();
+    let started = Instant::now();
+    let traffic = &frontend.pool.traffic;
+    traffic.requests.fetch_add(1, Relaxed);
+    let response = forward(req, ctx, &frontend, started).await;
+    traffic.response(response.status().as_u16());
+    traffic.latency.record(started.elapsed());
+    response
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    ctx: &ConnCtx,
+    frontend: &Arc<Frontend>,
+    started: Instant,
+) -> Response<ResponseBody> {
+    let cfg = &frontend.config;
+    let persisted = cfg
+        .cookie
+        .as_deref()
+        .and_then(|name| cookie_value(req.headers(), name))
+        .and_then(|v| frontend.pool.servers.iter().position(|s| s.name() == v));
+    let mut req = match prepare(req, ctx, cfg.forwarded_for) {
+        Ok(r) => r,
+        Err(status) => {
+            frontend.pool.counters.bad_requests.fetch_add(1, Relaxed);
+            return error_response(status, "bad request");
+        }
+    };
+    let hash = client_hash(ctx.peer.ip());
+    let listen_port = ctx.local.port();
+    let exclude: Vec<usize> = Vec::new();
+    // Bounded: each round either uses up a pooled connection or a server attempt.
+    for _ in 0..64 {
+        let preferred = persisted.filter(|_| exclude.is_empty());
+        let (lease, mut sender) =
+            match checkout(frontend, hash, preferred, &exclude, listen_port).await {
+                Ok(pair) => pair,
+                Err(resp) => return resp,
+            };
+        let server = lease.server.clone();
+        server.traffic.requests.fetch_add(1, Relaxed);
+        let replay = if sender.reused {
+            replay_copy(&req)
+        } else {
+            None
+        };
+        match sender.send(req).await {
+            Ok(resp) => {
+                server.traffic.latency.record(started.elapsed());
+                server.traffic.response(resp.status().as_u16());
+                let set_cookie = cfg
+                    .cookie
+                    .as_deref()
+                    .filter(|_| persisted != Some(lease.index))
+                    .map(|name| format!("{name}={}; Path=/; HttpOnly", server.name()));
+                return relay_response(resp, lease, sender, frontend.clone(), set_cookie);
+            }
+            Err(upstream::SendError::NotSent(back)) => {
+                // The pooled connection closed before the request went out: nothing
+                // reached the server, so it is safe to send again, on a new connection.
+                req = *back;
+                frontend.pool.traffic.retries.fetch_add(1, Relaxed);
+                continue;
+            }
+            Err(upstream::SendError::Failed(e)) if replay.is_some() && !e.is_timeout() => {
+                // A reused connection that the server had closed: the request did not
+                // get an answer and is safe to repeat on a fresh connection.
+                tracing::debug!(frontend = %cfg.name, server = %server.name(), "reused connection failed ({e}); sending again");
+                req = replay.unwrap_or_else(|| Request::new(Either::Right(Empty::new())));
+                frontend.pool.traffic.retries.fetch_add(1, Relaxed);
+                continue;
+            }
+            Err(upstream::SendError::Failed(e)) => {
+                server.traffic.server_errors.fetch_add(1, Relaxed);
+                frontend.pool.traffic.server_errors.fetch_add(1, Relaxed);
+                tracing::debug!(frontend = %cfg.name, server = %server.name(), "request failed: {e}");
+                let status = if e.is_timeout() {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                return error_response(status, "the server failed to answer");
+            }
+        }
+    }
+    error_response(StatusCode::BAD_GATEWAY, "no usable server connection")
+}
+
+/// A slot on a server and a connection to it, pooled or new.
+async fn checkout(
+    frontend: &Arc<Frontend>,
+    hash: u64,
+    preferred: Option<usize>,
+    exclude: &[usize],
+    listen_port: u16,
+) -> Result<(Lease, upstream::Sender), Response<ResponseBody>> {
+    let cfg = &frontend.config;
+    let lease = match frontend.pool.acquire(hash, preferred, exclude).await {
+        Ok(l) => l,
+        Err(r) => return Err(refused(frontend, r)),
+    };
+    let addr = lease
+        .server
+        .config
+        .address_for(listen_port, cfg.ports.first);
+    if let Some(sender) = upstream::take_idle(addr).await {
+        return Ok((lease, sender));
+    }
+    // No idle connection to that server: connect; if that fails, others are tried.
+    let connected = match crate::connect::open(frontend, &lease, listen_port).await {
+        Ok(stream) => Ok((lease, stream)),
+        Err(_) if cfg.retries == 0 => Err(Failure::Unreachable("connect failed".into())),
+        Err(_) => {
+            let mut excluded = exclude.to_vec();
+            excluded.push(lease.index);
+            drop(lease);
+            frontend.pool.traffic.retries.fetch_add(1, Relaxed);
+            connect_any(frontend, hash, None, listen_port, excluded).await
+        }
+    };
+    let (lease, stream) = match connected {
+        Ok(pair) => pair,
+        Err(Failure::Refused(r)) => return Err(refused(frontend, r)),
+        Err(Failure::Unreachable(e)) => {
+            frontend.pool.counters.no_server.fetch_add(1, Relaxed);
+            tracing::warn!(frontend = %cfg.name, "no server reachable: {e}");
+            return Err(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no server is available",
+            ));
+        }
+    };
+    let addr = lease
+        .server
+        .config
+        .address_for(listen_port, cfg.ports.first);
+    match upstream::handshake(stream, addr, cfg.server_timeout).await {
+        Ok(sender) => Ok((lease, sender)),
+        Err(e) => {
+            lease.server.traffic.server_errors.fetch_add(1, Relaxed);
+            Err(error_response(
+                StatusCode::BAD_GATEWAY,
+                &format!("server connection: {e}"),
+            ))
+        }
+    }
+}
+
+fn refused(frontend: &Frontend, r: Refusal) -> Response<ResponseBody> {
+    frontend.pool.counters.no_server.fetch_add(1, Relaxed);
+    let why = match r {
+        Refusal::NoServer => "no server is available",
+        Refusal::QueueFull => "every server is busy and the queue is full",
+        Refusal::QueueTimeout => "every server stayed busy for the queue timeout",
+    };
+    error_response(StatusCode::SERVICE_UNAVAILABLE, why)
+}
+
+/// Headers that belong to one hop and are not forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(n);
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The request as the server gets it: origin-form target, HTTP/1.1, this hop's
+/// headers removed, forwarding headers added.
+fn prepare(
+    req: Request<Incoming>,
+    ctx: &ConnCtx,
+    forwarded_for: bool,
+) -> Result<Request<ReqBody>, StatusCode> {
+    let (mut parts, body) = req.into_parts();
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        // Absolute-form (a client talking to us as a proxy): the authority becomes
+        // the Host and the server gets origin-form.
+        if let Some(auth) = parts.uri.authority() {
+            let host = HeaderValue::from_str(auth.as_str()).map_err(|_| StatusCode::BAD_REQUEST)?;
+            parts.headers.insert(header::HOST, host);
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        parts.uri = pq.parse().map_err(|_| StatusCode::BAD_REQUEST)?;
+    }
+    if parts.headers.contains_key(header::UPGRADE) {
+        // Protocol upgrades (WebSocket) are not proxied in http mode yet.
+        return Err(StatusCode::NOT_IMPLEMENTED);
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = http::Version::HTTP_11;
+    if forwarded_for {
+        let ip = ctx.peer.ip().to_canonical().to_string();
+        let value = match parts
+            .headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            parts.headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        let proto = if ctx.tls { "https" } else { "http" };
+        parts
+            .headers
+            .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    // A request without a body is sent as one, so it can be replayed.
+    let body = if body.is_end_stream() {
+        Either::Right(Empty::new())
+    } else {
+        Either::Left(body)
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// A copy of a bodyless idempotent request, to send again when a reused server
+/// connection turns out to have been closed under it.
+fn replay_copy(req: &Request<ReqBody>) -> Option<Request<ReqBody>> {
+    let idempotent = matches!(
+        *req.method(),
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    );
+    if !idempotent || !matches!(req.body(), Either::Right(_)) {
+        return None;
+    }
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn relay_response(
+    resp: Response<Incoming>,
+    lease: Lease,
+    sender: upstream::Sender,
+    frontend: Arc<Frontend>,
+    set_cookie: Option<String>,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(c) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        parts.headers.append(header::SET_COOKIE, c);
+    }
+    let relay = Relay {
+        body,
+        returnable: Some(Returnable { sender, lease }),
+        frontend,
+        done: false,
+    };
+    // A body that is already complete (no content) gives the connection back now.
+    let mut relay = relay;
+    if relay.body.is_end_stream() {
+        relay.finish();
+    }
+    Response::from_parts(parts, Either::Left(relay))
+}
+
+/// A server's response body on its way to the client. When it has been read to the
+/// end the server connection goes back to the idle pool; if the client goes away
+/// first, the connection is closed (its state is unknown).
+pub struct Relay {
+    body: Incoming,
+    returnable: Option<Returnable>,
+    frontend: Arc<Frontend>,
+    done: bool,
+}
+
+impl Relay {
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some(r) = self.returnable.take() {
+            upstream::give_back(r);
+        }
+    }
+}
+
+impl Body for Relay {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    this.frontend.pool.traffic.bytes_out.fetch_add(n, Relaxed);
+                    if let Some(ret) = &this.returnable {
+                        ret.lease.server.traffic.bytes_out.fetch_add(n, Relaxed);
+                    }
+                }
+                if this.body.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                this.frontend
+                    .pool
+                    .traffic
+                    .server_errors
+                    .fetch_add(1, Relaxed);
+                this.returnable = None;
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pub fn error_response(status: StatusCode, why: &str) -> Response<ResponseBody> {
+    let body = format!("{} {}\n", status.as_u16(), why);
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,24 @@
+//! Load balancing (the `[[balance]]` role): listeners on an address and a port or a
+//! port range, pools of servers with health checks, and TCP and HTTP proxying. The
+//! decisions (selection, health, agent replies, MySQL verdicts, slow start) are pure,
+//! in `engine`; everything else does the I/O. `service` is what the daemon runs.
+
+mod connect;
+pub mod engine;
+pub mod frontend;
+pub mod health;
+mod http;
+mod idle;
+pub mod listen;
+pub mod pool;
+pub mod proxy_protocol;
+pub mod service;
+pub mod stats;
+pub mod status;
+mod tcp;
+pub mod tls;
+mod upstream;
+mod worker;
+
+pub use service::{Action, BalanceService};
+pub use status::BalanceStatus;

@@ -1,0 +1,430 @@
+//! The balancer in http mode against real HTTP backends and real clients: failover
+//! under load, draining, reload, cookie persistence, forwarding headers, hostile
+//! clients, the queue.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn two_server_config(port: u16, a: &Backend, b: &Backend, extra: &str) -> String {
+    format!(
+        r#"
+[balancer]
+threads = 2
+[[balance]]
+name = "web"
+listen = "127.0.0.1:{port}"
+mode = "http"
+{extra}
+[balance.check]
+type = "http"
+path = "/"
+interval = "100ms"
+timeout = "100ms"
+rise = 2
+fall = 2
+[[balance.server]]
+name = "a"
+address = "{}"
+[[balance.server]]
+name = "b"
+address = "{}"
+"#,
+        a.addr, b.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_under_load_loses_no_request_and_gets_none_after_detection() {
+    let (a, b) = (Backend::http("a").await, Backend::http("b").await);
+    let port = free_port();
+    let lb = start(&two_server_config(port, &a, &b, ""));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until("both servers up", Duration::from_secs(5), || {
+        server_health(&lb, "web", "a") == "up" && server_health(&lb, "web", "b") == "up"
+    })
+    .await;
+    let load = Load::start(addr, 8, "/");
+    load.wait_ok(500).await;
+    assert!(b.requests.load(SeqCst) > 0);
+    b.kill();
+    wait_until("b marked down", Duration::from_secs(5), || {
+        server_health(&lb, "web", "b") == "down"
+    })
+    .await;
+    let errors_at_detection = connect_errors(&lb, "b");
+    let done = load.ok.load(SeqCst);
+    load.wait_ok(done + 1000).await;
+    let (ok, failed, failures) = load.stop().await;
+    assert_eq!(
+        failed,
+        0,
+        "failed requests: {:?}",
+        &failures[..failures.len().min(5)]
+    );
+    assert_eq!(
+        connect_errors(&lb, "b"),
+        errors_at_detection,
+        "new connects went to b after it was marked down"
+    );
+    assert!(ok > 1500);
+    lb.stop();
+}
+
+fn connect_errors(lb: &uphold_balance::BalanceService, server: &str) -> u64 {
+    let st = lb.status();
+    st.frontends[0]
+        .servers
+        .iter()
+        .find(|s| s.name == server)
+        .unwrap()
+        .traffic
+        .connect_errors
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_connects_are_redispatched_before_any_check_notices() {
+    let (a, b) = (Backend::http("a").await, Backend::http("b").await);
+    let port = free_port();
+    // Checks far apart: only passive health and redispatch can save the requests.
+    let text =
+        two_server_config(port, &a, &b, "").replace("interval = \"100ms\"", "interval = \"60s\"");
+    let lb = start(&text);
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until("first checks", Duration::from_secs(5), || {
+        server_health(&lb, "web", "b") == "up"
+    })
+    .await;
+    b.kill();
+    for _ in 0..50 {
+        // New client connection each time: no pooled server connection is reused.
+        let (status, body) = get_once(addr, "/").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "a"));
+    }
+    let st = lb.status();
+    assert!(
+        st.frontends[0].traffic.retries > 0,
+        "no request was redispatched"
+    );
+    assert_eq!(
+        server_health(&lb, "web", "b"),
+        "down",
+        "failed connects did not count"
+    );
+    lb.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_lets_in_flight_requests_finish_and_sends_new_ones_elsewhere() {
+    let (a, b) = (Backend::http("a").await, Backend::http("b").await);
+    let port = free_port();
+    let lb = start(&two_server_config(
+        port,
+        &a,
+        &b,
+        "algorithm = \"leastconn\"",
+    ));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until("both up", Duration::from_secs(5), || {
+        server_health(&lb, "web", "a") == "up"
+    })
+    .await;
+    // Slow requests land on both servers.
+    let slow: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(async move { get_once(addr, "/slow?ms=700").await }))
+        .collect();
+    wait_until("requests in flight on b", Duration::from_secs(5), || {
+        b.requests.load(SeqCst) >= 1
+    })
+    .await;
+    let answer = lb.control("web/b", uphold_balance::Action::Drain).unwrap();
+    assert!(answer.contains("draining"), "{answer}");
+    let before = b.requests.load(SeqCst);
+    for _ in 0..20 {
+        assert_eq!(get_once(addr, "/").await.unwrap(), (200, "a".to_string()));
+    }
+    assert_eq!(
+        b.requests.load(SeqCst),
+        before,
+        "a draining server got a new request"
+    );
+    let mut served_by_b = 0;
+    for s in slow {
+        let (status, body) = s.await.unwrap().unwrap();
+        assert_eq!(status, 200);
+        served_by_b += usize::from(body == "b");
+    }
+    assert!(served_by_b >= 1, "no in-flight request was on b");
+    lb.control("b", uphold_balance::Action::Enable).unwrap();
+    let mut saw_b = false;
+    for _ in 0..20 {
+        saw_b |= get_once(addr, "/").await.unwrap().1 == "b";
+    }
+    assert!(saw_b, "b got nothing after enable");
+    assert!(lb
+        .control("nope", uphold_balance::Action::Drain)
+        .unwrap_err()
+        .contains("no server"));
+    lb.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_drops_nothing_and_keeps_health() {
+    let (a, b, c) = (
+        Backend::http("a").await,
+        Backend::http("b").await,
+        Backend::http("c").await,
+    );
+    let port = free_port();
+    let text = two_server_config(port, &a, &b, "");
+    let lb = start(&text);
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until("both up", Duration::from_secs(5), || {
+        server_health(&lb, "web", "b") == "up"
+    })
+    .await;
+    lb.control("web/a", uphold_balance::Action::Weight(3))
+        .unwrap();
+    let load = Load::start(addr, 8, "/");
+    load.wait_ok(300).await;
+    // Add a server, change the algorithm: a and b are unchanged and keep their state.
+    let new_text = format!(
+        "{}\n[[balance.server]]\nname = \"c\"\naddress = \"{}\"\n",
+        text.replace(
+            "mode = \"http\"",
+            "mode = \"http\"\nalgorithm = \"leastconn\""
+        ),
+        c.addr
+    );
+    for round in 0..5 {
+        let cfg = if round % 2 == 0 { &new_text } else { &text };
+        let errors = lb.reload(&config(cfg).balance);
+        assert!(errors.is_empty(), "{errors:?}");
+        let n = load.ok.load(SeqCst);
+        load.wait_ok(n + 200).await;
+    }
+    assert_eq!(server_health(&lb, "web", "a"), "up");
+    let st = lb.status();
+    assert_eq!(st.frontends[0].servers.len(), 3);
+    let a_status = st.frontends[0]
+        .servers
+        .iter()
+        .find(|s| s.name == "a")
+        .unwrap();
+    assert_eq!(
+        a_status.weight, 3,
+        "the operator's weight was lost in the reload"
+    );
+    wait_until("c used", Duration::from_secs(5), || {
+        c.requests.load(SeqCst) > 1
+    })
+    .await;
+    let (_, failed, failures) = load.stop().await;
+    assert_eq!(failed, 0, "{:?}", &failures[..failures.len().min(5)]);
+    lb.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_persistence_and_forwarding_headers() {
+    let (a, b) = (Backend::http("a").await, Backend::http("b").await);
+    let port = free_port();
+    let lb = start(&two_server_config(port, &a, &b, "cookie = \"SRV\""));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until("both up", Duration::from_secs(5), || {
+        server_health(&lb, "web", "b") == "up"
+    })
+    .await;
+    let mut c = Client::connect(addr).await.unwrap();
+    let (status, headers, body) = c
+        .request(
+            "GET",
+            "/headers",
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("connection", "keep-alive, x-secret"),
+                ("x-secret", "1"),
+            ],
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1"),
+        "{body}"
+    );
+    assert!(body.contains("x-forwarded-proto: http"), "{body}");
+    assert!(
+        !body.contains("x-secret"),
+        "a header named in Connection was forwarded: {body}"
+    );
+    let cookie = headers
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let server = body.lines().next().unwrap().to_string();
+    assert!(cookie.starts_with(&format!("SRV={server};")), "{cookie}");
+    for _ in 0..10 {
+        let mut fresh = Client::connect(addr).await.unwrap();
+        let (_, h, body) = fresh
+            .request(
+                "GET",
+                "/",
+                &[("cookie", &format!("other=1; SRV={server}"))],
+                b"",
+            )
+            .await
+            .unwrap();
+        assert_eq!(body, server);
+        assert!(h.get("set-cookie").is_none());
+    }
+    // A POST body passes through.
+    let (status, _, body) = c
+        .request("POST", "/echo", &[], &vec![b'x'; 100_000])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(body.ends_with(" 100000"), "{body}");
+    lb.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_slow_clients_get_their_error_and_others_are_served() {
+    let (a, b) = (Backend::http("a").await, Backend::http("b").await);
+    let port = free_port();
+    let lb = start(&two_server_config(
+        port,
+        &a,
+        &b,
+        "header_timeout = \"500ms\"",
+    ));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until("up", Duration::from_secs(5), || {
+        server_health(&lb, "web", "a") == "up"
+    })
+    .await;
+    // Garbage: a 400 and the connection closed.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Without Colon\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Headers too large: 431.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "y".repeat(64 * 1024)
+    );
+    let _ = s.write_all(big.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Slowloris: half a request head, then nothing; closed after the header timeout,
+    // while a normal client is served meanwhile.
+    let started = Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    assert_eq!(get_once(addr, "/").await.unwrap().0, 200);
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest))
+        .await
+        .expect("the slow client was never cut off");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "cut off after {took:?}"
+    );
+    assert!(lb.status().frontends[0].bad_requests >= 2);
+    lb.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_servers_queue_requests_and_a_full_queue_answers_503() {
+    let a = Backend::http("a").await;
+    let port = free_port();
+    let text = format!(
+        r#"
+[[balance]]
+name = "web"
+listen = "127.0.0.1:{port}"
+mode = "http"
+queue = 2
+queue_timeout = "5s"
+[[balance.server]]
+name = "a"
+address = "{}"
+maxconn = 1
+"#,
+        a.addr
+    );
+    let lb = start(&text);
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    let reqs: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(async move { get_once(addr, "/slow?ms=300").await }))
+        .collect();
+    wait_until("two queued", Duration::from_secs(5), || {
+        lb.status().frontends[0].queued == 2
+    })
+    .await;
+    // The queue is full: one more is refused at once.
+    let (status, body) = get_once(addr, "/").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("queue"), "{body}");
+    for r in reqs {
+        assert_eq!(r.await.unwrap().unwrap(), (200, "a".into()));
+    }
+    // One at a time: three slow requests take three times as long.
+    assert!(
+        started.elapsed() >= Duration::from_millis(850),
+        "{:?}",
+        started.elapsed()
+    );
+    lb.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_server_only_when_all_others_are_down() {
+    let (a, b) = (Backend::http("a").await, Backend::http("b").await);
+    let port = free_port();
+    let text = two_server_config(port, &a, &b, "")
+        .replace("name = \"b\"\n", "name = \"b\"\nbackup = true\n");
+    let lb = start(&text);
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until("up", Duration::from_secs(5), || {
+        server_health(&lb, "web", "a") == "up"
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(get_once(addr, "/").await.unwrap().1, "a");
+    }
+    lb.control("a", uphold_balance::Action::Disable).unwrap();
+    for _ in 0..10 {
+        assert_eq!(get_once(addr, "/").await.unwrap().1, "b");
+    }
+    lb.control("b", uphold_balance::Action::Disable).unwrap();
+    assert_eq!(get_once(addr, "/").await.unwrap().0, 503);
+    lb.stop();
+}
