@@ -360,6 +360,9 @@ fn relay_response(
 ) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // The client's connection follows its own protocol, not the server's (an
+    // HTTP/1.0 server must not make the client's keep-alive connection close).
+    parts.version = http::Version::HTTP_11;
     if let Some(c) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         parts.headers.append(header::SET_COOKIE, c);
     }

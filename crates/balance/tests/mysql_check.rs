@@ -1,12 +1,17 @@
 //! The `mysql` health-check probe against real MariaDB servers: private
 //! mariadbd instances in temp dirs (a primary and a replica), plus a fake
-//! server that accepts and never answers.
+//! server that accepts and never answers; and a tcp balancer frontend with
+//! `require = "primary"` routing real client logins to whichever server is
+//! writable, refusing everyone while two are.
+
+mod common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use uphold_balance::health::mysql::{probe, MysqlState, ReplicaState};
+use uphold_balance::BalanceService;
 use uphold_testkit::{find_program, require_program};
 
 const USER: &str = "uphold";
@@ -335,5 +340,197 @@ async fn replica_threads_are_reported() {
                 seconds_behind: None
             })
         }
+    );
+}
+
+/// A frontend server's health and whether it is fenced, from the status view.
+fn server_state(lb: &BalanceService, server: &str) -> (String, bool) {
+    let status = lb.status();
+    let s = status
+        .frontends
+        .iter()
+        .find(|f| f.name == "db")
+        .and_then(|f| f.servers.iter().find(|s| s.name == server))
+        .unwrap_or_else(|| panic!("server {server} missing from status: {status:?}"));
+    (s.health.clone(), s.fenced)
+}
+
+/// Status of servers a and b, for failure messages.
+fn describe_servers(lb: &BalanceService) -> String {
+    let status = lb.status();
+    status
+        .frontends
+        .iter()
+        .flat_map(|f| f.servers.iter())
+        .map(|s| {
+            format!(
+                "{}: health {} fenced {} last check {:?}",
+                s.name, s.health, s.fenced, s.last_check
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Polls the status until a and b show `want` (health, fenced) each.
+async fn wait_for_servers(lb: &BalanceService, want_a: (&str, bool), want_b: (&str, bool)) {
+    let limit = Duration::from_secs(15);
+    let deadline = Instant::now() + limit;
+    loop {
+        let (a, b) = (server_state(lb, "a"), server_state(lb, "b"));
+        if (a.0.as_str(), a.1) == want_a && (b.0.as_str(), b.1) == want_b {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {limit:?} wanted a {want_a:?}, b {want_b:?}; status: {}",
+            describe_servers(lb)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A real client login through the balancer on a new connection, answering
+/// the port of the server it reached.
+async fn port_via(balancer: SocketAddr) -> Result<u16, String> {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(balancer.ip().to_string())
+        .tcp_port(balancer.port())
+        .user(Some(USER))
+        .pass(Some(PASSWORD))
+        // The driver would otherwise switch to the server's unix socket once it
+        // sees a local server, and bypass the balancer.
+        .prefer_socket(false)
+        .stmt_cache_size(0);
+    let session = async {
+        use mysql_async::prelude::Queryable;
+        let mut conn = mysql_async::Conn::new(opts)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let port: Option<u16> = conn
+            .query_first("SELECT @@port")
+            .await
+            .map_err(|e| format!("SELECT @@port: {e}"))?;
+        let _ = conn.disconnect().await;
+        port.ok_or_else(|| "SELECT @@port: no row".to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), session).await {
+        Ok(result) => result,
+        Err(_) => Err("no answer within 5s".to_string()),
+    }
+}
+
+/// Several new connections through the balancer all land on `server`.
+async fn assert_routed_to(balancer: SocketAddr, server: &Mariadb, name: &str) {
+    for i in 0..4 {
+        match port_via(balancer).await {
+            Ok(port) => assert_eq!(
+                port, server.port,
+                "connection {i} should have reached {name} (port {})",
+                server.port
+            ),
+            Err(e) => panic!("connection {i} through the balancer, expecting {name}: {e}"),
+        }
+    }
+}
+
+/// Runs root statements on a server directly (not through the balancer)
+/// without stalling the runtime's other tasks (the health checks).
+fn direct_sql(server: &Mariadb, statements: &str) {
+    tokio::task::block_in_place(|| server.sql_ok(statements));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_follow_the_writable_server() {
+    if !mariadb_available("writes_follow_the_writable_server") {
+        return;
+    }
+    let started = Instant::now();
+    // Installing a datadir takes seconds: both at once.
+    let (a, b) = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let a = scope.spawn(|| Mariadb::start(&[]));
+            let b = scope.spawn(|| Mariadb::start(&["--read-only".to_string()]));
+            (
+                a.join().expect("start server a"),
+                b.join().expect("start server b"),
+            )
+        })
+    });
+    let servers_ready = started.elapsed();
+    let port = common::free_port();
+    let balancer = SocketAddr::from(([127, 0, 0, 1], port));
+    let lb = common::start(&format!(
+        r#"
+[balancer]
+threads = 1
+[[balance]]
+name = "db"
+listen = "{balancer}"
+mode = "tcp"
+[balance.check]
+type = "mysql"
+user = "{USER}"
+password = "{PASSWORD}"
+require = "primary"
+interval = "200ms"
+timeout = "2s"
+rise = 1
+fall = 1
+[[balance.server]]
+name = "a"
+address = "{}"
+[[balance.server]]
+name = "b"
+address = "{}"
+"#,
+        a.addr(),
+        b.addr()
+    ));
+
+    // 1. A is the writable one.
+    wait_for_servers(&lb, ("up", false), ("down", false)).await;
+    assert_routed_to(balancer, &a, "a").await;
+
+    // 2. Switchover. Until A's next check, the balancer may still believe A
+    // writable and fence both for a moment; the wait covers that.
+    direct_sql(&a, "SET GLOBAL read_only=1");
+    direct_sql(&b, "SET GLOBAL read_only=0");
+    wait_for_servers(&lb, ("down", false), ("up", false)).await;
+    assert_routed_to(balancer, &b, "b").await;
+
+    // 3. Split: both writable, nobody gets a connection.
+    direct_sql(&a, "SET GLOBAL read_only=0");
+    common::wait_until("a and b fenced", Duration::from_secs(15), || {
+        server_state(&lb, "a").1 && server_state(&lb, "b").1
+    })
+    .await;
+    for i in 0..3 {
+        let attempt = Instant::now();
+        let result = port_via(balancer).await;
+        let took = attempt.elapsed();
+        assert!(
+            result.is_err(),
+            "connection {i} reached port {result:?} while both servers are writable; status: {}",
+            describe_servers(&lb)
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "refusal {i} took {took:?}: {result:?}"
+        );
+    }
+    let (a_state, b_state) = (server_state(&lb, "a"), server_state(&lb, "b"));
+    assert!(a_state.1 && b_state.1, "a {a_state:?}, b {b_state:?}");
+
+    // 4. Heal: A read-only again, B takes the connections.
+    direct_sql(&a, "SET GLOBAL read_only=1");
+    wait_for_servers(&lb, ("down", false), ("up", false)).await;
+    assert_routed_to(balancer, &b, "b").await;
+
+    lb.stop();
+    eprintln!(
+        "writes_follow_the_writable_server: {:?} (servers started in {:?})",
+        started.elapsed(),
+        servers_ready
     );
 }
