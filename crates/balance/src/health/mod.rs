@@ -66,16 +66,34 @@ impl CheckTask {
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + offset, self.check.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let primary = matches!(
+            self.check.kind,
+            CheckKind::Mysql {
+                require: MysqlRequire::Primary,
+                ..
+            }
+        );
         let mut first = true;
         loop {
             if !first {
                 ticker.tick().await;
             }
             first = false;
-            let (ok, detail) = match tokio::time::timeout(self.check.timeout, self.once()).await {
-                Ok(r) => r,
-                Err(_) => (false, format!("no answer within {:?}", self.check.timeout)),
-            };
+            let (mut ok, mut detail) =
+                match tokio::time::timeout(self.check.timeout, self.once()).await {
+                    Ok(r) => r,
+                    Err(_) => (false, format!("no answer within {:?}", self.check.timeout)),
+                };
+            // The pool-wide rule goes first, so that a server that just turned
+            // writable is never up for a moment beside another writable one, and a
+            // fenced server stays down whatever its own check says.
+            if primary {
+                self.fence_if_split();
+                if self.server.fenced() {
+                    ok = false;
+                    detail = format!("fenced: {detail}");
+                }
+            }
             if let Some(t) = self.server.observe(ok, &detail) {
                 match t.to {
                     crate::engine::health::Health::Up => {
@@ -85,15 +103,6 @@ impl CheckTask {
                         tracing::warn!(frontend = %self.frontend, server = %self.server.name(), "server is down: {}", t.reason)
                     }
                 }
-            }
-            if matches!(
-                self.check.kind,
-                CheckKind::Mysql {
-                    require: MysqlRequire::Primary,
-                    ..
-                }
-            ) {
-                self.fence_if_split();
             }
         }
     }
