@@ -665,4 +665,8 @@ def print_table(results, notes, failures):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # The clean-up has run (main's finally); no traceback for a Ctrl-C.
+        sys.exit(130)

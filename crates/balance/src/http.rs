@@ -34,11 +34,14 @@ where
     let cfg = &frontend.config;
     let activity = Activity::default();
     let io = hyper_util::rt::TokioIo::new(Watched::new(io, activity.clone()));
+    let client_ip = peer.ip().to_canonical().to_string();
     let conn_ctx = Arc::new(ConnCtx {
         slot,
         peer,
         local,
         tls,
+        forwarded_ip: HeaderValue::from_str(&client_ip).ok(),
+        client_ip,
     });
     let service = hyper::service::service_fn(move |req| {
         let ctx = conn_ctx.clone();
@@ -72,6 +75,9 @@ struct ConnCtx {
     peer: SocketAddr,
     local: SocketAddr,
     tls: bool,
+    /// The client's address as text and as a header value, made once per connection.
+    client_ip: String,
+    forwarded_ip: Option<HeaderValue>,
 }
 
 async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ResponseBody> {
@@ -291,16 +297,17 @@ fn prepare(
     strip_hop_by_hop(&mut parts.headers);
     parts.version = http::Version::HTTP_11;
     if forwarded_for {
-        let ip = ctx.peer.ip().to_canonical().to_string();
-        let value = match parts
-            .headers
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
+        let value = match parts.headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
+            Some(prev) => {
+                let mut joined = Vec::with_capacity(prev.len() + 2 + ctx.client_ip.len());
+                joined.extend_from_slice(prev);
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(ctx.client_ip.as_bytes());
+                HeaderValue::from_bytes(&joined).ok()
+            }
+            None => ctx.forwarded_ip.clone(),
         };
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        if let Some(v) = value {
             parts.headers.insert(X_FORWARDED_FOR.clone(), v);
         }
         let proto = if ctx.tls { "https" } else { "http" };

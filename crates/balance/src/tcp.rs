@@ -44,6 +44,11 @@ pub async fn serve(
         }
     };
     if let Some(version) = lease.server.config.proxy_protocol {
+        let local = if local.ip().is_unspecified() {
+            client.local_addr().unwrap_or(local)
+        } else {
+            local
+        };
         let header = crate::proxy_protocol::header(version, peer, local);
         if server.write_all(&header).await.is_err() {
             lease.server.traffic.server_errors.fetch_add(1, Relaxed);

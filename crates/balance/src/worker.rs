@@ -98,6 +98,10 @@ async fn accept_loop(
     slot: Slot,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Ok(listen_addr) = listener.local_addr() else {
+        tracing::error!("a listening socket has no address; not accepting on it");
+        return;
+    };
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -118,11 +122,9 @@ async fn accept_loop(
             frontend.pool.counters.over_limit.fetch_add(1, Relaxed);
             continue;
         }
-        let _ = stream.set_nodelay(true);
-        let local = match stream.local_addr() {
-            Ok(a) => a,
-            Err(_) => continue,
-        };
+        // The listener's own address; for a wildcard listener the real local
+        // address is looked up only where it is needed (PROXY protocol).
+        let local = listen_addr;
         traffic.connections.fetch_add(1, Relaxed);
         traffic.active.fetch_add(1, Relaxed);
         let guard = ActiveGuard(frontend.clone());

@@ -428,3 +428,92 @@ async fn backup_server_only_when_all_others_are_down() {
     assert_eq!(get_once(addr, "/").await.unwrap().0, 503);
     lb.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_terminated_and_the_server_hears_https() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["www.example.test".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("www.pem"), dir.path().join("www.key"));
+    std::fs::write(&cert_path, leaf.pem()).unwrap();
+    std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+
+    let a = Backend::http("a").await;
+    let port = free_port();
+    let lb = start(&format!(
+        r#"
+[[balance]]
+name = "tls"
+listen = "127.0.0.1:{port}"
+mode = "http"
+tls = [{{ cert = "{}", key = "{}" }}]
+[[balance.server]]
+name = "a"
+address = "{}"
+"#,
+        cert_path.display(),
+        key_path.display(),
+        a.addr
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("www.example.test").unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the balancer");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = http::Request::builder()
+            .uri("/headers")
+            .header("host", "www.example.test")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("x-forwarded-proto: https"), "{body}");
+    }
+    // A client that does not speak TLS is dropped without harm to others.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf))
+        .await
+        .expect("not closed");
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+    assert_eq!(lb.status().frontends[0].mode, "https");
+    lb.stop();
+}
