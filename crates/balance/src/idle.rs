@@ -1,42 +1,41 @@
-//! Inactivity limits for proxied connections: a stream wrapper that notes when bytes
-//! last moved, and a watchdog future that ends when nothing moved for the limit.
+//! Inactivity limits for proxied connections: a stream wrapper that counts I/O, and
+//! a watchdog future that ends when the count has not moved for the limit. Counting
+//! instead of reading the clock keeps system calls and clock reads off the I/O path.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// When bytes last moved on a connection.
-#[derive(Clone, Debug)]
+/// How often bytes moved on a connection.
+#[derive(Clone, Debug, Default)]
 pub struct Activity(Arc<AtomicU64>);
-
-impl Default for Activity {
-    fn default() -> Self {
-        Activity(Arc::new(AtomicU64::new(now_ms())))
-    }
-}
 
 impl Activity {
     pub fn touch(&self) {
-        self.0.store(now_ms(), Relaxed);
+        self.0.fetch_add(1, Relaxed);
     }
 
-    /// Completes once nothing moved for `limit`.
+    /// Completes once nothing moved for `limit` (detected within 1.5 × `limit`:
+    /// the count is looked at every half limit).
     pub async fn idle_for(&self, limit: Duration) {
-        let limit_ms = limit.as_millis() as u64;
+        let step = (limit / 2).max(Duration::from_millis(1));
+        let mut seen = self.0.load(Relaxed);
+        let mut quiet = Duration::ZERO;
         loop {
-            let idle = now_ms().saturating_sub(self.0.load(Relaxed));
-            if idle >= limit_ms {
-                return;
+            tokio::time::sleep(step).await;
+            let now = self.0.load(Relaxed);
+            if now == seen {
+                quiet += step;
+                if quiet >= limit {
+                    return;
+                }
+            } else {
+                seen = now;
+                quiet = Duration::ZERO;
             }
-            tokio::time::sleep(Duration::from_millis(limit_ms - idle)).await;
         }
     }
 }

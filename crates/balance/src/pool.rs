@@ -274,6 +274,11 @@ impl Server {
     }
 }
 
+thread_local! {
+    /// Selection's view of the servers, reused: no allocation per pick.
+    static CANDIDATES: std::cell::RefCell<Vec<Candidate>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Why no server was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -287,6 +292,8 @@ pub struct Pool {
     pub servers: Vec<Arc<Server>>,
     selector: Mutex<Selector>,
     slowstart: Duration,
+    /// The algorithm draws random numbers.
+    random: bool,
     queue_max: u32,
     queue_timeout: Duration,
     freed: Notify,
@@ -334,6 +341,7 @@ impl Pool {
             selector: Mutex::new(Selector::new(config.algorithm, servers.len())),
             servers,
             slowstart: config.slowstart,
+            random: config.algorithm == uphold_config::balance::Algorithm::Random,
             queue_max: config.queue,
             queue_timeout: config.queue_timeout,
             freed: Notify::new(),
@@ -395,17 +403,20 @@ impl Pool {
         }
         // Lost races for the last slot are retried a few times before queueing.
         for _ in 0..4 {
-            let candidates: Vec<Candidate> = self
-                .servers
-                .iter()
-                .map(|s| s.candidate(self.slowstart))
-                .collect();
-            let random = [rand::random::<u64>(), rand::random::<u64>()];
-            let pick = self
-                .selector
-                .lock()
-                .map(|mut sel| sel.pick(&candidates, client, random, exclude))
-                .unwrap_or(Pick::NoServer);
+            let random = if self.random {
+                [rand::random::<u64>(), rand::random::<u64>()]
+            } else {
+                [0, 0]
+            };
+            let pick = CANDIDATES.with(|buf| {
+                let mut candidates = buf.borrow_mut();
+                candidates.clear();
+                candidates.extend(self.servers.iter().map(|s| s.candidate(self.slowstart)));
+                self.selector
+                    .lock()
+                    .map(|mut sel| sel.pick(&candidates, client, random, exclude))
+                    .unwrap_or(Pick::NoServer)
+            });
             match pick {
                 Pick::Server(i) => {
                     if self.servers[i].try_take() {

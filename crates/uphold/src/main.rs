@@ -13,11 +13,6 @@ mod sync_cmd;
 use clap::Parser;
 use std::process::ExitCode;
 
-/// mimalloc: the balancer allocates and frees small buffers on every request; glibc's
-/// allocator cost a measurable share of its CPU time (bench/balance).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for a configuration or usage error (`uphold check` contract).
 pub const EXIT_CONFIG: u8 = 2;
 
