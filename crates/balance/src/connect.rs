@@ -4,7 +4,6 @@
 
 use crate::frontend::Frontend;
 use crate::pool::{Lease, Refusal};
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tokio::net::TcpStream;
@@ -22,10 +21,11 @@ pub async fn open(
     listen_port: u16,
 ) -> Result<TcpStream, String> {
     let cfg = &frontend.config;
-    let addr: SocketAddr = lease
-        .server
-        .config
-        .address_for(listen_port, cfg.ports.first);
+    let Some(addr) = lease.server.config.address_in(listen_port, cfg.ports) else {
+        return Err(format!(
+            "port {listen_port} is no longer served by this frontend"
+        ));
+    };
     let started = Instant::now();
     let result = match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {

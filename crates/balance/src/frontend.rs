@@ -43,3 +43,29 @@ impl Slot {
         }
     }
 }
+
+/// Which frontend a listening socket serves now. A reload can hand a socket to
+/// another frontend (a renamed one, or a port moved between frontends) without
+/// closing it.
+#[derive(Clone, Debug)]
+pub struct Route(Arc<RwLock<Slot>>);
+
+impl Route {
+    pub fn new(slot: Slot) -> Route {
+        Route(Arc::new(RwLock::new(slot)))
+    }
+
+    pub fn slot(&self) -> Slot {
+        match self.0.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set(&self, slot: Slot) {
+        match self.0.write() {
+            Ok(mut s) => *s = slot,
+            Err(poisoned) => *poisoned.into_inner() = slot,
+        }
+    }
+}

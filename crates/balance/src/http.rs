@@ -53,7 +53,7 @@ where
         .header_read_timeout(cfg.header_timeout)
         .max_buf_size(cfg.max_header_bytes.max(8192))
         .keep_alive(true);
-    let conn = builder.serve_connection(io, service);
+    let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
@@ -98,6 +98,23 @@ async fn forward(
     started: Instant,
 ) -> Response<ResponseBody> {
     let cfg = &frontend.config;
+    if crate::upgrade::is_upgrade(&req) {
+        let forwarded = cfg.forwarded_for.then(|| {
+            let xff = ctx
+                .forwarded_ip
+                .clone()
+                .unwrap_or(HeaderValue::from_static("unknown"));
+            (xff, if ctx.tls { "https" } else { "http" })
+        });
+        return crate::upgrade::forward(
+            req,
+            frontend,
+            client_hash(ctx.peer.ip()),
+            ctx.local.port(),
+            forwarded,
+        )
+        .await;
+    }
     let persisted = cfg
         .cookie
         .as_deref()
@@ -179,6 +196,13 @@ async fn checkout(
     listen_port: u16,
 ) -> Result<(Lease, upstream::Sender), Response<ResponseBody>> {
     let cfg = &frontend.config;
+    if !(cfg.ports.first..=cfg.ports.last).contains(&listen_port) {
+        // A keep-alive connection on a port that a reload took away.
+        return Err(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this port is no longer served",
+        ));
+    }
     let lease = match frontend.pool.acquire(hash, preferred, exclude).await {
         Ok(l) => l,
         Err(r) => return Err(refused(frontend, r)),
@@ -306,10 +330,6 @@ fn prepare(
             .map(|p| p.as_str())
             .unwrap_or("/");
         parts.uri = pq.parse().map_err(|_| StatusCode::BAD_REQUEST)?;
-    }
-    if parts.headers.contains_key(header::UPGRADE) {
-        // Protocol upgrades (WebSocket) are not proxied in http mode yet.
-        return Err(StatusCode::NOT_IMPLEMENTED);
     }
     strip_hop_by_hop(&mut parts.headers);
     parts.version = http::Version::HTTP_11;

@@ -17,6 +17,7 @@ pub mod stats;
 pub mod status;
 mod tcp;
 pub mod tls;
+mod upgrade;
 mod upstream;
 mod worker;
 

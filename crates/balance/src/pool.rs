@@ -250,6 +250,15 @@ impl Server {
         }
     }
 
+    /// Takes over another server's health (a reload changed only its weight or limits).
+    fn inherit_health(&self, old: &Server) {
+        if let (Ok(mut mine), Ok(theirs)) = (self.tracker.lock(), old.tracker.lock()) {
+            *mine = theirs.clone();
+        }
+        self.health.store(old.health.load(Relaxed), Relaxed);
+        self.up_at_ms.store(old.up_at_ms.load(Relaxed), Relaxed);
+    }
+
     pub fn last_check(&self) -> Option<String> {
         self.tracker.lock().ok()?.last_result().map(str::to_string)
     }
@@ -279,6 +288,14 @@ thread_local! {
     static CANDIDATES: std::cell::RefCell<Vec<Candidate>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+struct QueuePlace<'a>(&'a FrontendCounters);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Relaxed);
+    }
+}
+
 /// Why no server was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -296,9 +313,9 @@ pub struct Pool {
     random: bool,
     queue_max: u32,
     queue_timeout: Duration,
-    freed: Notify,
-    pub counters: FrontendCounters,
-    pub traffic: Traffic,
+    freed: Arc<Notify>,
+    pub counters: Arc<FrontendCounters>,
+    pub traffic: Arc<Traffic>,
 }
 
 /// A slot on a server, given back when dropped.
@@ -327,14 +344,24 @@ impl Pool {
             .servers
             .iter()
             .map(|s| {
-                previous
-                    .and_then(|p| {
-                        p.servers
-                            .iter()
-                            .find(|old| old.config == *s && old.check == config.check)
-                            .cloned()
-                    })
-                    .unwrap_or_else(|| Arc::new(Server::new(s.clone(), &config.check)))
+                let old = previous.and_then(|p| p.servers.iter().find(|o| o.name() == s.name));
+                match old {
+                    Some(old) if old.config == *s && old.check == config.check => old.clone(),
+                    Some(old) => {
+                        // Changed settings: a new server, but what the operator set
+                        // and, for the same address and check, its health stay.
+                        let new = Server::new(s.clone(), &config.check);
+                        new.set_admin(old.admin());
+                        if old.config.ip == s.ip
+                            && old.config.port == s.port
+                            && old.check == config.check
+                        {
+                            new.inherit_health(old);
+                        }
+                        Arc::new(new)
+                    }
+                    None => Arc::new(Server::new(s.clone(), &config.check)),
+                }
             })
             .collect::<Vec<_>>();
         Pool {
@@ -344,9 +371,11 @@ impl Pool {
             random: config.algorithm == uphold_config::balance::Algorithm::Random,
             queue_max: config.queue,
             queue_timeout: config.queue_timeout,
-            freed: Notify::new(),
-            counters: FrontendCounters::default(),
-            traffic: Traffic::default(),
+            // Shared with the previous version: its leases wake this one's waiters,
+            // and the frontend's counters go on.
+            freed: previous.map(|p| p.freed.clone()).unwrap_or_default(),
+            counters: previous.map(|p| p.counters.clone()).unwrap_or_default(),
+            traffic: previous.map(|p| p.traffic.clone()).unwrap_or_default(),
         }
     }
 
@@ -371,15 +400,20 @@ impl Pool {
                 Err(Pick::AllFull) => {}
                 Err(_) => return Err(Refusal::NoServer),
             }
-            let deadline =
-                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.queue_timeout);
+            let deadline = *deadline.get_or_insert_with(|| {
+                let now = tokio::time::Instant::now();
+                now.checked_add(self.queue_timeout)
+                    .unwrap_or(now + Duration::from_secs(86_400))
+            });
             let queued = self.counters.queued.fetch_add(1, Relaxed);
+            // Counted out by a guard: the waiting future may be dropped (the client
+            // went away), and the place must not stay taken.
+            let place = QueuePlace(&self.counters);
             if queued >= u64::from(self.queue_max) {
-                self.counters.queued.fetch_sub(1, Relaxed);
                 return Err(Refusal::QueueFull);
             }
             let woke = tokio::time::timeout_at(deadline, notified).await;
-            self.counters.queued.fetch_sub(1, Relaxed);
+            drop(place);
             if woke.is_err() {
                 self.counters.queue_timeouts.fetch_add(1, Relaxed);
                 return Err(Refusal::QueueTimeout);

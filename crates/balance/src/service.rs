@@ -2,7 +2,7 @@
 //! threads and the health checks, applies reloads without dropping connections, and
 //! answers status and operator commands.
 
-use crate::frontend::{Frontend, Slot};
+use crate::frontend::{Frontend, Route, Slot};
 use crate::health::Checks;
 use crate::pool::{Admin, Pool};
 use std::collections::HashMap;
@@ -13,15 +13,21 @@ use uphold_config::balance::{BalanceConfig, BalancerSettings};
 
 struct Running {
     slot: Slot,
-    ip: IpAddr,
-    freebind: bool,
-    /// Per listening port: the signal that stops its accept loops.
-    listeners: HashMap<u16, watch::Sender<bool>>,
     _checks: Checks,
+}
+
+/// A listening socket. It belongs to an address, not to a frontend: reload points it
+/// at whichever frontend now listens there.
+struct Socket {
+    route: Route,
+    stop: watch::Sender<bool>,
+    /// Held by the socket's accept loops; the socket is closed when only this one is left.
+    alive: Arc<()>,
 }
 
 pub struct BalanceService {
     frontends: Mutex<HashMap<String, Running>>,
+    sockets: Mutex<HashMap<(IpAddr, u16), Socket>>,
     /// Frontend names in config order, for status.
     order: Mutex<Vec<String>>,
     workers: Mutex<Option<crate::worker::Workers>>,
@@ -37,8 +43,13 @@ pub enum Action {
     Weight(u32),
 }
 
+/// How long a reload waits for the proxy threads to close a socket whose address is
+/// needed again (a wildcard listener replaced by a specific address on the same port).
+const SOCKET_RELEASE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl BalanceService {
-    /// Binds every frontend and starts serving. Checks run on `runtime`.
+    /// Binds every frontend and starts serving. Checks run on `runtime`. Any
+    /// frontend that cannot start is an error here (at start-up nothing runs yet).
     pub fn start(
         configs: &[BalanceConfig],
         settings: &BalancerSettings,
@@ -52,18 +63,16 @@ impl BalanceService {
         let workers = crate::worker::Workers::start(threads)?;
         let service = BalanceService {
             frontends: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(HashMap::new()),
             order: Mutex::new(Vec::new()),
             workers: Mutex::new(Some(workers)),
             runtime,
         };
-        for c in configs {
-            if let Err(e) = service.add(c) {
-                service.stop();
-                return Err(e);
-            }
+        let errors = service.apply(configs);
+        if !errors.is_empty() {
+            service.stop();
+            return Err(errors.join("; "));
         }
-        *service.order.lock().map_err(|_| "poisoned")? =
-            configs.iter().map(|c| c.name.clone()).collect();
         tracing::info!(frontends = configs.len(), threads, "balancer started");
         Ok(service)
     }
@@ -99,139 +108,145 @@ impl BalanceService {
         ))
     }
 
-    fn bind_ports(
-        &self,
-        config: &BalanceConfig,
-        slot: &Slot,
-        keep: &mut HashMap<u16, watch::Sender<bool>>,
-    ) -> Result<HashMap<u16, watch::Sender<bool>>, String> {
-        let workers = self.workers.lock().map_err(|_| "poisoned")?;
-        let workers = workers.as_ref().ok_or("the balancer is stopping")?;
-        // Bind every new port first, so a failure changes nothing.
-        let mut bound = Vec::new();
-        for port in config.ports.iter() {
-            if !keep.contains_key(&port) {
-                bound.push((
-                    port,
-                    crate::listen::bind(config.ip, port, config.freebind)
-                        .map_err(|e| format!("balance {:?}: {e}", config.name))?,
-                ));
-            }
-        }
-        let mut out = HashMap::new();
-        for port in config.ports.iter() {
-            if let Some(stop) = keep.remove(&port) {
-                out.insert(port, stop);
-            }
-        }
-        for (port, listener) in bound {
-            let (stop, _) = watch::channel(false);
-            workers.listen(&listener, slot, &stop)?;
-            out.insert(port, stop);
-        }
-        Ok(out)
-    }
-
-    fn add(&self, config: &BalanceConfig) -> Result<(), String> {
-        let (frontend, checks) = self.build(config, None)?;
-        let slot = Slot::new(frontend);
-        let listeners = self.bind_ports(config, &slot, &mut HashMap::new())?;
-        self.frontends.lock().map_err(|_| "poisoned")?.insert(
-            config.name.clone(),
-            Running {
-                slot,
-                ip: config.ip,
-                freebind: config.freebind,
-                listeners,
-                _checks: checks,
-            },
-        );
-        Ok(())
-    }
-
     /// Applies a new set of frontends. Established connections are not touched;
-    /// servers whose settings did not change keep their health, state and counters.
-    /// A frontend that cannot be applied (a port that will not bind, a bad
-    /// certificate) keeps running as it was; the errors are returned.
+    /// servers keep their health, operator state and counters where they did not
+    /// change; sockets of addresses still in use stay open (even when they move to a
+    /// renamed frontend). A frontend whose new version cannot be built (a bad
+    /// certificate) keeps running as it was; a port that cannot be bound is left
+    /// unserved. Both are returned as errors.
     pub fn reload(&self, configs: &[BalanceConfig]) -> Vec<String> {
+        self.apply(configs)
+    }
+
+    fn apply(&self, configs: &[BalanceConfig]) -> Vec<String> {
         let mut errors = Vec::new();
-        let Ok(mut frontends) = self.frontends.lock() else {
+        let (Ok(mut frontends), Ok(mut sockets)) = (self.frontends.lock(), self.sockets.lock())
+        else {
             return vec!["balancer state poisoned".into()];
         };
-        let wanted: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
-        frontends.retain(|name, running| {
-            let keep = wanted.contains(&name.as_str());
-            if !keep {
-                for stop in running.listeners.values() {
-                    let _ = stop.send(true);
-                }
-                tracing::info!(frontend = %name, "reload: frontend removed; its open connections finish");
-            }
-            keep
-        });
+        // 1. The frontends: unchanged ones as they are, changed and new ones built.
+        let mut next: HashMap<String, Running> = HashMap::new();
+        let mut effective: Vec<BalanceConfig> = Vec::new();
         for c in configs {
-            match frontends.get_mut(&c.name) {
-                None => {
-                    drop(frontends);
-                    if let Err(e) = self.add(c) {
-                        errors.push(e);
-                    }
-                    frontends = match self.frontends.lock() {
-                        Ok(f) => f,
-                        Err(_) => return errors,
-                    };
+            let old = frontends.remove(&c.name);
+            match old {
+                Some(running) if running.slot.current().config == *c => {
+                    next.insert(c.name.clone(), running);
+                    effective.push(c.clone());
                 }
                 Some(running) => {
-                    let old = running.slot.current();
-                    if old.config == *c {
-                        continue;
-                    }
-                    let built = match self.build(c, Some(&old.pool)) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            errors.push(e);
-                            continue;
-                        }
-                    };
-                    let mut keep = if running.ip == c.ip && running.freebind == c.freebind {
-                        std::mem::take(&mut running.listeners)
-                    } else {
-                        HashMap::new()
-                    };
-                    let new_slot_value = built.0;
-                    // Listeners read the slot on every accept, so they are bound to it
-                    // before the new frontend is put in.
-                    match self.bind_ports(c, &running.slot, &mut keep) {
-                        Ok(listeners) => {
-                            for stop in keep.values() {
-                                let _ = stop.send(true);
-                            }
-                            if !(running.ip == c.ip && running.freebind == c.freebind) {
-                                for stop in running.listeners.values() {
-                                    let _ = stop.send(true);
-                                }
-                            }
-                            running.listeners = listeners;
-                            running.ip = c.ip;
-                            running.freebind = c.freebind;
-                            running.slot.replace(new_slot_value);
-                            running._checks = built.1;
+                    let current = running.slot.current();
+                    match self.build(c, Some(&current.pool)) {
+                        Ok((frontend, checks)) => {
+                            running.slot.replace(frontend);
+                            next.insert(
+                                c.name.clone(),
+                                Running {
+                                    slot: running.slot,
+                                    _checks: checks,
+                                },
+                            );
+                            effective.push(c.clone());
                             tracing::info!(frontend = %c.name, "reload: frontend updated");
                         }
                         Err(e) => {
-                            // Put back what was taken.
-                            if running.listeners.is_empty() {
-                                running.listeners = keep;
-                            }
                             errors.push(e);
+                            effective.push(current.config.clone());
+                            next.insert(c.name.clone(), running);
                         }
                     }
                 }
+                None => match self.build(c, None) {
+                    Ok((frontend, checks)) => {
+                        next.insert(
+                            c.name.clone(),
+                            Running {
+                                slot: Slot::new(frontend),
+                                _checks: checks,
+                            },
+                        );
+                        effective.push(c.clone());
+                    }
+                    Err(e) => errors.push(e),
+                },
             }
         }
+        for name in frontends.keys() {
+            tracing::info!(frontend = %name, "reload: frontend removed; its open connections finish");
+        }
+        // 2. The sockets: every address wanted, and by whom.
+        let mut wanted: HashMap<(IpAddr, u16), (Slot, bool, String)> = HashMap::new();
+        for c in &effective {
+            if let Some(running) = next.get(&c.name) {
+                for port in c.ports.iter() {
+                    wanted.insert(
+                        (c.ip, port),
+                        (running.slot.clone(), c.freebind, c.name.clone()),
+                    );
+                }
+            }
+        }
+        let unwanted: Vec<(IpAddr, u16)> = sockets
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        let mut released = Vec::new();
+        for key in unwanted {
+            if let Some(socket) = sockets.remove(&key) {
+                let _ = socket.stop.send(true);
+                released.push(socket.alive);
+            }
+        }
+        // A specific address and a wildcard on the same port cannot both listen:
+        // give the threads a moment to close what was just stopped.
+        let deadline = std::time::Instant::now() + SOCKET_RELEASE;
+        while released.iter().any(|a| Arc::strong_count(a) > 1)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let workers = self.workers.lock();
+        let workers = match &workers {
+            Ok(w) => w.as_ref(),
+            Err(_) => None,
+        };
+        for (key, (slot, freebind, name)) in wanted {
+            if let Some(socket) = sockets.get(&key) {
+                socket.route.set(slot);
+                continue;
+            }
+            let Some(workers) = workers else {
+                errors.push("the balancer is stopping".into());
+                break;
+            };
+            let listener = match crate::listen::bind(key.0, key.1, freebind) {
+                Ok(l) => l,
+                Err(e) => {
+                    errors.push(format!("balance {name:?}: {e}"));
+                    continue;
+                }
+            };
+            let socket = Socket {
+                route: Route::new(slot),
+                stop: watch::channel(false).0,
+                alive: Arc::new(()),
+            };
+            match workers.listen(&listener, &socket.route, &socket.stop, &socket.alive) {
+                Ok(()) => {
+                    sockets.insert(key, socket);
+                }
+                Err(e) => {
+                    let _ = socket.stop.send(true);
+                    errors.push(format!("balance {name:?}: {e}"));
+                }
+            }
+        }
+        *frontends = next;
         drop(frontends);
+        drop(sockets);
         if let Ok(mut order) = self.order.lock() {
-            *order = configs.iter().map(|c| c.name.clone()).collect();
+            *order = effective.iter().map(|c| c.name.clone()).collect();
         }
         errors
     }
@@ -313,6 +328,12 @@ impl BalanceService {
     pub fn stop(&self) {
         if let Ok(mut f) = self.frontends.lock() {
             f.clear();
+        }
+        if let Ok(mut s) = self.sockets.lock() {
+            for socket in s.values() {
+                let _ = socket.stop.send(true);
+            }
+            s.clear();
         }
         let workers = self.workers.lock().ok().and_then(|mut w| w.take());
         if let Some(w) = workers {

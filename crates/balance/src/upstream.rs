@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 /// close idle keep-alive connections after a few seconds (Apache: 5 s), and a request
 /// written just as the server closes would be lost.
 const MAX_IDLE: Duration = Duration::from_secs(4);
+/// How long a pooled connection may take to become ready for the next request.
+const READY_WAIT: Duration = Duration::from_secs(1);
 /// Idle connections kept per server and thread.
 const MAX_IDLE_PER_SERVER: usize = 256;
 
@@ -59,8 +61,11 @@ impl std::fmt::Display for Failed {
 impl Sender {
     /// Sends the request and waits for the response head (at most the server timeout).
     pub async fn send(&mut self, req: Request<ReqBody>) -> Result<Response<Incoming>, SendError> {
-        if self.inner.ready().await.is_err() {
-            return Err(SendError::NotSent(Box::new(req)));
+        // A connection still busy with an earlier exchange (a server that answered
+        // before reading the whole upload) is not waited for long.
+        match tokio::time::timeout(READY_WAIT, self.inner.ready()).await {
+            Ok(Ok(())) => {}
+            _ => return Err(SendError::NotSent(Box::new(req))),
         }
         match tokio::time::timeout(self.server_timeout, self.inner.try_send_request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
@@ -116,8 +121,14 @@ pub fn give_back(r: Returnable) {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.entry(sender.addr).or_default();
+        // The oldest sit at the front: drop the ones too old to reuse, and the
+        // oldest when the list is full (they are the likeliest to be closed).
+        let stale = list
+            .iter()
+            .take_while(|s| s.idle_since.elapsed() >= MAX_IDLE || s.inner.is_closed())
+            .count();
+        list.drain(..stale);
         if list.len() >= MAX_IDLE_PER_SERVER {
-            // Oldest first out: they are the likeliest to be closed by the server.
             list.remove(0);
         }
         list.push(sender);

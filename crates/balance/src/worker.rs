@@ -2,7 +2,7 @@
 //! cross-thread wake-ups on the request path) and accepts on every listening socket;
 //! a connection stays on the thread that accepted it.
 
-use crate::frontend::Slot;
+use crate::frontend::Route;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -11,8 +11,9 @@ use uphold_config::balance::BalanceMode;
 enum Command {
     Listen {
         listener: std::net::TcpListener,
-        slot: Slot,
+        route: Route,
         stop: watch::Receiver<bool>,
+        alive: std::sync::Arc<()>,
     },
 }
 
@@ -49,11 +50,14 @@ impl Workers {
     }
 
     /// Every thread accepts on `listener` until `stop` turns true (or its sender goes).
+    /// `alive` is held by every accept loop of the socket: when its count drops to
+    /// one after `stop`, the socket is closed and the address free again.
     pub fn listen(
         &self,
         listener: &std::net::TcpListener,
-        slot: &Slot,
+        route: &Route,
         stop: &watch::Sender<bool>,
+        alive: &std::sync::Arc<()>,
     ) -> Result<(), String> {
         for tx in &self.commands {
             let listener = listener
@@ -61,8 +65,9 @@ impl Workers {
                 .map_err(|e| format!("cannot share a listening socket: {e}"))?;
             let _ = tx.send(Command::Listen {
                 listener,
-                slot: slot.clone(),
+                route: route.clone(),
                 stop: stop.subscribe(),
+                alive: alive.clone(),
             });
         }
         Ok(())
@@ -82,8 +87,8 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, mut shutdown: watch
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
-                Some(Command::Listen { listener, slot, stop }) => match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => { tokio::spawn(accept_loop(l, slot, stop)); }
+                Some(Command::Listen { listener, route, stop, alive }) => match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => { tokio::spawn(accept_loop(l, route, stop, alive)); }
                     Err(e) => tracing::error!("cannot register a listening socket: {e}"),
                 },
                 None => return,
@@ -95,8 +100,9 @@ async fn run(mut commands: mpsc::UnboundedReceiver<Command>, mut shutdown: watch
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    slot: Slot,
+    route: Route,
     mut stop: watch::Receiver<bool>,
+    _alive: std::sync::Arc<()>,
 ) {
     let Ok(listen_addr) = listener.local_addr() else {
         tracing::error!("a listening socket has no address; not accepting on it");
@@ -116,6 +122,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        let slot = route.slot();
         let frontend = slot.current();
         let traffic = &frontend.pool.traffic;
         if traffic.active.load(Relaxed) >= u64::from(frontend.config.max_connections) {

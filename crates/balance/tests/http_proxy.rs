@@ -517,3 +517,189 @@ address = "{}"
     assert_eq!(lb.status().frontends[0].mode, "https");
     lb.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_leave_the_queue_free_their_place() {
+    let a = Backend::http("a").await;
+    let port = free_port();
+    let lb = start(&format!(
+        r#"
+[[balance]]
+name = "web"
+listen = "127.0.0.1:{port}"
+mode = "http"
+queue = 2
+[[balance.server]]
+name = "a"
+address = "{}"
+maxconn = 1
+"#,
+        a.addr
+    ));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let busy = tokio::spawn(async move { get_once(addr, "/slow?ms=1500").await });
+    wait_until("the server busy", Duration::from_secs(5), || {
+        a.requests.load(SeqCst) == 1
+    })
+    .await;
+    // Two clients queue, then hang up.
+    let mut quitters = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        quitters.push(s);
+    }
+    wait_until("two queued", Duration::from_secs(5), || {
+        lb.status().frontends[0].queued == 2
+    })
+    .await;
+    drop(quitters);
+    wait_until("their places freed", Duration::from_secs(5), || {
+        lb.status().frontends[0].queued == 0
+    })
+    .await;
+    // The queue takes new clients again, and they are served when the slot frees.
+    assert_eq!(get_once(addr, "/").await.unwrap(), (200, "a".to_string()));
+    assert_eq!(busy.await.unwrap().unwrap().0, 200);
+    lb.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_hands_ports_between_frontends_and_addresses() {
+    let (a, b) = (Backend::http("a").await, Backend::http("b").await);
+    let port = free_port();
+    let text = |name: &str, ip: &str, server: &Backend, ports: &str| {
+        format!(
+            "[[balance]]\nname = \"{name}\"\nlisten = \"{ip}:{ports}\"\nmode = \"http\"\n[[balance.server]]\nname = \"s\"\naddress = \"{}\"\n",
+            server.addr
+        )
+    };
+    let lb = start(&text("web", "127.0.0.1", &a, &port.to_string()));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(get_once(addr, "/").await.unwrap().1, "a");
+    // Renamed (and pointed at another server): the same socket goes on serving.
+    let errors = lb.reload(&config(&text("www", "127.0.0.1", &b, &port.to_string())).balance);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(get_once(addr, "/").await.unwrap().1, "b");
+    // From one address to the wildcard on the same port.
+    let errors = lb.reload(&config(&text("www", "0.0.0.0", &b, &port.to_string())).balance);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(get_once(addr, "/").await.unwrap().1, "b");
+    // A keep-alive client on a port that a reload removes gets a clear 503.
+    let range = free_ports(2);
+    let errors = lb.reload(
+        &config(&text(
+            "www",
+            "127.0.0.1",
+            &a,
+            &format!("{range}-{}", range + 1),
+        ))
+        .balance,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut kept = Client::connect(format!("127.0.0.1:{}", range + 1).parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(kept.get("/").await.unwrap().0, 200);
+    let errors = lb.reload(&config(&text("www", "127.0.0.1", &a, &range.to_string())).balance);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(kept.get("/").await.unwrap().0, 503);
+    assert_eq!(
+        get_once(format!("127.0.0.1:{range}").parse().unwrap(), "/")
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", range + 1))
+            .await
+            .is_err(),
+        "the removed port still accepts"
+    );
+    lb.stop();
+}
+
+/// A server that switches every request to an echo protocol (as a WebSocket
+/// server would), after checking the upgrade headers arrived.
+async fn upgrade_backend() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !head.contains("upgrade: echo") || !head.contains("connection: upgrade") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n").await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_style_upgrades_pass_through() {
+    let backend = upgrade_backend().await;
+    let port = free_port();
+    let lb = start(&format!(
+        "[[balance]]\nname = \"ws\"\nlisten = \"127.0.0.1:{port}\"\nmode = \"http\"\n[[balance.server]]\nname = \"a\"\naddress = \"{backend}\"\n"
+    ));
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    for msg in [&b"ping"[..], b"a longer message", &[7u8; 100_000][..]] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    assert_eq!(
+        lb.status().frontends[0].servers[0].traffic.active,
+        1,
+        "the upgraded connection holds its slot"
+    );
+    drop(s);
+    wait_until("the slot freed", Duration::from_secs(5), || {
+        lb.status().frontends[0].servers[0].traffic.active == 0
+    })
+    .await;
+    lb.stop();
+}

@@ -201,14 +201,26 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// The server's address for traffic that arrived on `listen_port` of a frontend
-    /// whose range starts at `first`.
+    /// whose range starts at `first`. Ports outside the mapping (a keep-alive
+    /// connection on a port that a reload removed) saturate instead of wrapping;
+    /// callers that can see such ports use [`ServerConfig::address_in`].
     pub fn address_for(&self, listen_port: u16, first: u16) -> SocketAddr {
         let port = match self.port {
             ServerPort::Same => listen_port,
             ServerPort::Fixed(p) => p,
-            ServerPort::RangeStart(start) => start + (listen_port - first),
+            ServerPort::RangeStart(start) => {
+                start.saturating_add(listen_port.saturating_sub(first))
+            }
         };
         SocketAddr::new(self.ip, port)
+    }
+
+    /// The server's address for `listen_port`, or `None` when the frontend does not
+    /// listen on that port (any more).
+    pub fn address_in(&self, listen_port: u16, ports: PortRange) -> Option<SocketAddr> {
+        (ports.first..=ports.last)
+            .contains(&listen_port)
+            .then(|| self.address_for(listen_port, ports.first))
     }
 }
 
@@ -519,7 +531,7 @@ pub(crate) fn validate_balance(
             "max_header_bytes",
             f.max_header_bytes,
             DEFAULT_MAX_HEADER_BYTES as i64,
-            1024,
+            8192,
             1024 * 1024,
         );
         let connect_timeout = duration(
@@ -611,6 +623,15 @@ pub(crate) fn validate_balance(
         let (Some(check), Some(servers)) = (check, servers) else {
             continue;
         };
+        if mode == BalanceMode::Http {
+            if let Some(i) = servers.iter().position(|s| s.proxy_protocol.is_some()) {
+                ctx.error(
+                    &p.key("server").index(i).key("proxy_protocol"),
+                    format!("{who}: proxy_protocol is for mode = \"tcp\"; in http mode servers get X-Forwarded-For"),
+                );
+                continue;
+            }
+        }
         out.push(BalanceConfig {
             name,
             ip,

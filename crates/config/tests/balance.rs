@@ -186,6 +186,18 @@ fn mistakes_are_named_with_line_and_key() {
         &format!("[balancer]\napi = \"0.0.0.0:7401\"\n{MIN}"),
         "not a loopback address",
     );
+    one_error(
+        &MIN.replace("name = \"web\"", "name = \"web\"\nmode = \"http\"")
+            .replace(
+                "address = \"10.0.0.1:80\"",
+                "address = \"10.0.0.1:80\"\nproxy_protocol = \"v1\"",
+            ),
+        "proxy_protocol is for mode = \"tcp\"",
+    );
+    one_error(
+        &MIN.replace("name = \"web\"", "name = \"web\"\nmax_header_bytes = 1024"),
+        "max_header_bytes = 1024 is out of range",
+    );
     let errs = errors(&MIN.replace("127.0.0.1:8080", "127.0.0.1:0"));
     assert!(errs[0].starts_with("b.toml:3:"), "{errs:?}");
     assert!(errs[0].contains("balance[0].listen"), "{errs:?}");
