@@ -63,9 +63,11 @@ impl Sender {
     pub async fn send(&mut self, req: Request<ReqBody>) -> Result<Response<Incoming>, SendError> {
         // A connection still busy with an earlier exchange (a server that answered
         // before reading the whole upload) is not waited for long.
-        match tokio::time::timeout(READY_WAIT, self.inner.ready()).await {
-            Ok(Ok(())) => {}
-            _ => return Err(SendError::NotSent(Box::new(req))),
+        if !self.inner.is_ready() {
+            match tokio::time::timeout(READY_WAIT, self.inner.ready()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(SendError::NotSent(Box::new(req))),
+            }
         }
         match tokio::time::timeout(self.server_timeout, self.inner.try_send_request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
