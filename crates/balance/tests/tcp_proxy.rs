@@ -290,3 +290,29 @@ address = "{}"
     assert_eq!(s.history.last().unwrap().to, "down");
     lb.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freebind_listens_on_an_address_the_machine_does_not_hold_yet() {
+    // 198.51.100.0/24 is documentation space: never local here. Nothing is sent to it.
+    let port = free_port();
+    let text = |freebind: bool| {
+        format!(
+            "[[balance]]\nname = \"vip\"\nlisten = \"198.51.100.7:{port}\"\nfreebind = {freebind}\n[[balance.server]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n"
+        )
+    };
+    let c = config(&text(false));
+    let err = uphold_balance::BalanceService::start(
+        &c.balance,
+        &c.balancer,
+        tokio::runtime::Handle::current(),
+    )
+    .err()
+    .expect("binding a foreign address without freebind must fail");
+    assert!(err.contains("198.51.100.7"), "{err}");
+    let lb = start(&text(true));
+    assert_eq!(
+        lb.status().frontends[0].listen,
+        format!("198.51.100.7:{port}")
+    );
+    lb.stop();
+}
