@@ -154,18 +154,14 @@ async fn balance_only(
             .unwrap_or_default();
         format!("{body}# EOF\n")
     });
-    let mut api_shutdown = shutdown_rx.clone();
     let actions = balance_actions(balance.clone());
-    let api = tokio::spawn(async move {
-        let stop = async move {
-            let _ = api_shutdown.wait_for(|stop| *stop).await;
-        };
-        if let Err(e) =
-            uphold_web::serve_with_actions(api_listen, status_fn, metrics_fn, actions, stop).await
-        {
-            error!("API: {e:#}");
-        }
-    });
+    let api = spawn_api(
+        api_listen,
+        status_fn,
+        metrics_fn,
+        actions,
+        shutdown_rx.clone(),
+    );
     info!(api = %api_listen, "uphold starting (balancer only)");
     loop {
         tokio::select! {
@@ -183,6 +179,25 @@ async fn balance_only(
     }
     api.abort();
     Ok(())
+}
+
+/// The local API, until shutdown.
+fn spawn_api(
+    listen: std::net::SocketAddr,
+    status: uphold_web::StatusFn,
+    metrics: uphold_web::MetricsFn,
+    actions: Option<uphold_web::ActionFn>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = uphold_web::serve_with_actions(listen, status, metrics, actions, stop).await
+        {
+            error!("API: {e:#}");
+        }
+    })
 }
 
 async fn reload_balance(balance: &Balance, new: &uphold_config::Config) {
@@ -338,19 +353,8 @@ async fn members_daemon(
         }
         text
     });
-    let mut api_shutdown = shutdown_rx.clone();
-    let api_listen = me.api;
     let actions = balance_actions(balance.clone());
-    let api = tokio::spawn(async move {
-        let stop = async move {
-            let _ = api_shutdown.wait_for(|stop| *stop).await;
-        };
-        if let Err(e) =
-            uphold_web::serve_with_actions(api_listen, status_fn, metrics_fn, actions, stop).await
-        {
-            error!("API: {e:#}");
-        }
-    });
+    let api = spawn_api(me.api, status_fn, metrics_fn, actions, shutdown_rx.clone());
 
     // SIGHUP: the cluster takes its part; sync sets are restarted where they changed.
     let (cluster_reload_tx, cluster_reload_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -80,20 +80,7 @@ impl HealthTracker {
             Health::Down if self.successes >= self.rise => Some(Health::Up),
             _ => None,
         }?;
-        self.state = next;
-        let t = Transition {
-            at_ms: now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-            to: next,
-            reason: detail.to_string(),
-        };
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
-        }
-        self.history.push_back(t.clone());
-        Some(t)
+        Some(self.enter(next, detail, now))
     }
 
     /// Forces a state without counting (a MySQL pool that sees two writable servers
@@ -104,6 +91,11 @@ impl HealthTracker {
         }
         self.successes = 0;
         self.failures = 0;
+        Some(self.enter(to, reason, now))
+    }
+
+    /// Moves to `to` and records it in the history.
+    fn enter(&mut self, to: Health, reason: &str, now: SystemTime) -> Transition {
         self.state = to;
         let t = Transition {
             at_ms: now
@@ -117,7 +109,7 @@ impl HealthTracker {
             self.history.pop_front();
         }
         self.history.push_back(t.clone());
-        Some(t)
+        t
     }
 }
 
