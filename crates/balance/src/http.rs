@@ -334,15 +334,17 @@ fn prepare(
     strip_hop_by_hop(&mut parts.headers);
     parts.version = http::Version::HTTP_11;
     if forwarded_for {
-        let value = match parts.headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()) {
-            Some(prev) => {
-                let mut joined = Vec::with_capacity(prev.len() + 2 + ctx.client_ip.len());
-                joined.extend_from_slice(prev);
+        let value = if parts.headers.contains_key(&X_FORWARDED_FOR) {
+            // Every earlier line, in order, then this client (RFC 7239's list form).
+            let mut joined = Vec::with_capacity(64);
+            for prev in parts.headers.get_all(&X_FORWARDED_FOR) {
+                joined.extend_from_slice(prev.as_bytes());
                 joined.extend_from_slice(b", ");
-                joined.extend_from_slice(ctx.client_ip.as_bytes());
-                HeaderValue::from_bytes(&joined).ok()
             }
-            None => ctx.forwarded_ip.clone(),
+            joined.extend_from_slice(ctx.client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        } else {
+            ctx.forwarded_ip.clone()
         };
         if let Some(v) = value {
             parts.headers.insert(X_FORWARDED_FOR.clone(), v);

@@ -379,6 +379,11 @@ impl Pool {
         }
     }
 
+    /// Requests waiting in the queue look again (a server came up or was enabled).
+    pub fn wake_waiters(&self) {
+        self.freed.notify_waiters();
+    }
+
     pub fn server(&self, name: &str) -> Option<&Arc<Server>> {
         self.servers.iter().find(|s| s.name() == name)
     }

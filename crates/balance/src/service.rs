@@ -294,6 +294,7 @@ impl BalanceService {
                 ));
             }
         };
+        let wake = matches!(action, Action::Enable | Action::Weight(_));
         match action {
             Action::Enable => server.set_admin(Admin::Enabled),
             Action::Drain => server.set_admin(Admin::Drain),
@@ -306,6 +307,11 @@ impl BalanceService {
             Action::Disable => format!("disabled ({} connections open)", server.active()),
             Action::Weight(w) => format!("weight {w}"),
         };
+        if wake {
+            if let Some(running) = frontends.get(&fe) {
+                running.slot.current().pool.wake_waiters();
+            }
+        }
         tracing::info!(frontend = %fe, server = %server.name(), "operator: {what}");
         Ok(format!("{fe}/{}: {what}", server.name()))
     }

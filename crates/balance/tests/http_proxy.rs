@@ -703,3 +703,50 @@ async fn websocket_style_upgrades_pass_through() {
     .await;
     lb.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_goes_to_a_server_enabled_meanwhile() {
+    let (a, b) = (Backend::http("a").await, Backend::http("b").await);
+    let port = free_port();
+    let lb = start(&format!(
+        r#"
+[[balance]]
+name = "web"
+listen = "127.0.0.1:{port}"
+mode = "http"
+queue_timeout = "20s"
+[[balance.server]]
+name = "a"
+address = "{}"
+maxconn = 1
+[[balance.server]]
+name = "b"
+address = "{}"
+maxconn = 1
+"#,
+        a.addr, b.addr
+    ));
+    lb.control("b", uphold_balance::Action::Disable).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let busy = tokio::spawn(async move { get_once(addr, "/slow?ms=5000").await });
+    wait_until("a busy", Duration::from_secs(5), || {
+        a.requests.load(SeqCst) == 1
+    })
+    .await;
+    let waiting = tokio::spawn(async move { get_once(addr, "/").await });
+    wait_until("one queued", Duration::from_secs(5), || {
+        lb.status().frontends[0].queued == 1
+    })
+    .await;
+    let enabled = Instant::now();
+    lb.control("b", uphold_balance::Action::Enable).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("the queued request was not woken")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, (200, "b".to_string()));
+    assert!(enabled.elapsed() < Duration::from_secs(2));
+    busy.abort();
+    lb.stop();
+}

@@ -21,6 +21,7 @@
 //! - [`watch`]: recursive directory-tree watching for replication:
 //!   [`watch::TreeWatcher`] turns inotify events into [`watch::Hint`]s, falling
 //!   back to periodic rescans where the watch limit is reached.
+//! - [`limits`]: [`limits::raise_open_files`] at start-up.
 //! - [`error`]: [`OsError`], the single error type.
 
 #![allow(unsafe_code)]
@@ -31,6 +32,7 @@ pub mod confined;
 pub mod error;
 pub mod exec;
 pub mod guard;
+pub mod limits;
 pub mod vip;
 pub mod watch;
 

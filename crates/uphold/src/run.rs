@@ -105,6 +105,16 @@ async fn daemon(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
     spawn_signal_handler(shutdown_tx, config_path, reload_tx)?;
+    match uphold_os::limits::raise_open_files() {
+        Ok((before, after)) if before != after => {
+            info!("open-file limit raised from {before} to {after}")
+        }
+        Ok((_, limit)) if !config.balance.is_empty() && limit < 8192 => {
+            warn!("open-file limit is {limit}: the balancer can hold about {} client connections; raise it (LimitNOFILE= in the systemd unit)", limit / 2)
+        }
+        Ok(_) => {}
+        Err(e) => warn!("{e}"),
+    }
     let balance: Balance = if config.balance.is_empty() {
         None
     } else {
@@ -171,7 +181,7 @@ async fn balance_only(
                     if new.cluster.is_some() {
                         error!("reload: a [cluster] section was added; restart uphold to start the cluster");
                     }
-                    reload_balance(&balance, &new).await;
+                    reload_balance(&balance, &config.balancer, &new).await;
                 }
                 None => break,
             },
@@ -200,7 +210,14 @@ fn spawn_api(
     })
 }
 
-async fn reload_balance(balance: &Balance, new: &uphold_config::Config) {
+async fn reload_balance(
+    balance: &Balance,
+    started_with: &uphold_config::balance::BalancerSettings,
+    new: &uphold_config::Config,
+) {
+    if new.balancer != *started_with {
+        warn!("reload: [balancer] settings (threads, api) take effect at the next restart");
+    }
     let Some(service) = balance.clone() else {
         if !new.balance.is_empty() {
             error!("reload: [[balance]] sections were added; restart uphold to start the balancer");
@@ -360,10 +377,11 @@ async fn members_daemon(
     let (cluster_reload_tx, cluster_reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let reload_sync = sync.as_ref().map(|(_, s)| s.clone());
     let reload_balancer = balance.clone();
+    let balancer_settings = config.balancer.clone();
     tokio::spawn(async move {
         while let Some(new) = reload_rx.recv().await {
             let new: uphold_config::Config = new;
-            reload_balance(&reload_balancer, &new).await;
+            reload_balance(&reload_balancer, &balancer_settings, &new).await;
             match new.cluster {
                 Some(cluster) => {
                     let _ = cluster_reload_tx.send(cluster);

@@ -97,6 +97,7 @@ impl CheckTask {
             if let Some(t) = self.server.observe(ok, &detail) {
                 match t.to {
                     crate::engine::health::Health::Up => {
+                        self.pool.wake_waiters();
                         tracing::info!(frontend = %self.frontend, server = %self.server.name(), "server is up: {}", t.reason)
                     }
                     _ => {
