@@ -70,6 +70,50 @@ where
     }
 }
 
+/// A client connection that negotiated HTTP/2 (TLS with ALPN h2). Requests are
+/// forwarded to servers over HTTP/1.1 as on any other connection.
+pub async fn serve_h2<S>(io: S, peer: SocketAddr, local: SocketAddr, slot: Slot)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let frontend = slot.current();
+    let cfg = &frontend.config;
+    let activity = Activity::default();
+    let io = hyper_util::rt::TokioIo::new(Watched::new(io, activity.clone()));
+    let client_ip = peer.ip().to_canonical().to_string();
+    let conn_ctx = Arc::new(ConnCtx {
+        slot,
+        peer,
+        local,
+        tls: true,
+        forwarded_ip: HeaderValue::from_str(&client_ip).ok(),
+        client_ip,
+    });
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = conn_ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+    });
+    let mut builder =
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(cfg.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                frontend.pool.counters.bad_requests.fetch_add(1, Relaxed);
+                tracing::debug!(frontend = %cfg.name, client = %peer, "client connection (h2): {e}");
+            }
+        }
+        _ = activity.idle_for(cfg.client_timeout.max(cfg.server_timeout)) => {
+            tracing::debug!(frontend = %cfg.name, client = %peer, "client connection (h2) idle; closed");
+        }
+    }
+}
+
 struct ConnCtx {
     slot: Slot,
     peer: SocketAddr,

@@ -18,12 +18,13 @@ use uphold_config::balance::TlsCert;
 /// The only application protocol the front side speaks; clients offering only h2 are refused
 /// by rustls with a `no_application_protocol` alert rather than silently talking past each other.
 const ALPN_HTTP11: &[u8] = b"http/1.1";
+const ALPN_H2: &[u8] = b"h2";
 
 /// Loads every certificate chain and key; SNI picks the certificate whose names
 /// (subjectAltName DNS entries, including wildcards like `*.example.com` matching one label)
 /// match the client's server name; no SNI or no match: the first certificate, so the first entry
 /// of the configuration is the default. When several certificates match, the earlier one wins.
-/// ALPN offered: http/1.1 only. TLS 1.2 and 1.3.
+/// ALPN offered: h2 (HTTP/2 to clients), then http/1.1. TLS 1.2 and 1.3.
 ///
 /// Errors name the file and what is wrong ("no certificate in /x.pem", "no private key in ...",
 /// "key does not match the certificate in ..."), never panic.
@@ -41,7 +42,7 @@ pub fn acceptor(certs: &[TlsCert]) -> Result<tokio_rustls::TlsAcceptor, String> 
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { keys }));
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -380,7 +381,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(seen.cert, a.der);
-        assert_eq!(seen.alpn.as_deref(), Some(&b"http/1.1"[..]));
+        assert_eq!(seen.alpn.as_deref(), Some(&b"h2"[..]));
     }
 
     #[tokio::test]
@@ -468,7 +469,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn alpn_is_http11_only() {
+    async fn alpn_prefers_h2_and_serves_http11_and_plain_clients() {
         let pki = Pki::new();
         let a = pki.leaf("a", &["a.example.com"]);
         let acceptor = acceptor(std::slice::from_ref(&a.files)).unwrap();
@@ -479,10 +480,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(seen.alpn, None);
-        // A client that only speaks h2 is refused rather than answered in the wrong protocol.
-        let mut h2 = verifying_client(&pki);
-        h2.alpn_protocols = vec![b"h2".to_vec()];
-        let err = handshake(acceptor, h2, "a.example.com").await.unwrap_err();
+        let mut h11 = verifying_client(&pki);
+        h11.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let seen = handshake(acceptor.clone(), h11, "a.example.com")
+            .await
+            .unwrap();
+        assert_eq!(seen.alpn.as_deref(), Some(&b"http/1.1"[..]));
+        // A client that speaks neither is refused rather than answered wrongly.
+        let mut other = verifying_client(&pki);
+        other.alpn_protocols = vec![b"spdy/3".to_vec()];
+        let err = handshake(acceptor, other, "a.example.com")
+            .await
+            .unwrap_err();
         assert!(err.contains("NoApplicationProtocol"), "{err}");
     }
 

@@ -154,6 +154,9 @@ async fn accept_loop(
                 let limit = frontend.config.header_timeout;
                 tokio::spawn(async move {
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            crate::http::serve_h2(tls, peer, local, slot).await
+                        }
                         Ok(Ok(tls)) => crate::http::serve(tls, peer, local, slot, true).await,
                         Ok(Err(e)) => {
                             guard.0.pool.counters.bad_requests.fetch_add(1, Relaxed);

@@ -492,6 +492,7 @@ address = "{}"
             .header("host", "www.example.test")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();
+        sender.ready().await.unwrap();
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         let body = http_body_util::BodyExt::collect(resp.into_body())
@@ -499,6 +500,57 @@ address = "{}"
             .unwrap()
             .to_bytes();
         let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("x-forwarded-proto: https"), "{body}");
+    }
+    // HTTP/2 to the balancer (ALPN h2), HTTP/1.1 to the server.
+    let mut h2_config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates({
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        roots
+    })
+    .with_no_client_auth();
+    h2_config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(h2_config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("www.example.test").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // Several requests at once on the one connection.
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let mut sender = sender.clone();
+        streams.push(tokio::spawn(async move {
+            let req = http::Request::builder()
+                .uri("https://www.example.test/headers")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, String::from_utf8_lossy(&body).to_string())
+        }));
+    }
+    for s in streams {
+        let (status, body) = s.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains("host: www.example.test"), "{body}");
         assert!(body.contains("x-forwarded-proto: https"), "{body}");
     }
     // A client that does not speak TLS is dropped without harm to others.

@@ -25,6 +25,11 @@ pub fn main(args: CheckArgs) -> ExitCode {
                 1 => format!("{summary}, 1 sync set"),
                 n => format!("{summary}, {n} sync sets"),
             };
+            let summary = match loaded.config.balance.len() {
+                0 => summary,
+                1 => format!("{summary}, 1 balance frontend"),
+                n => format!("{summary}, {n} balance frontends"),
+            };
             println!("{}: OK ({summary})", args.config.display());
             ExitCode::SUCCESS
         }
