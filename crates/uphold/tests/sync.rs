@@ -327,10 +327,15 @@ fn replication_survives_receiver_kill_network_cut_and_sender_restart() {
     let mut b = Daemon::start(&config, "b", &log);
     let mut a = Daemon::start(&config, "a", &log);
     let mut tag = 0u64;
+    // Source files appear whole (written beside the tree, then renamed in): a file
+    // caught half-written in the source would be a true copy of a partial file, and
+    // the reader below checks the replicator, not the writer.
+    let staging = d.join("staging");
     let mut write = |path: &Path, len: usize| {
         tag += 1;
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, versioned(tag, len)).unwrap();
+        std::fs::write(&staging, versioned(tag, len)).unwrap();
+        std::fs::rename(&staging, path).unwrap();
     };
     for i in 0..200 {
         write(&src.join(format!("d{}/f{i}", i % 10)), 100 + i * 37);
