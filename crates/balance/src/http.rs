@@ -34,15 +34,7 @@ where
     let cfg = &frontend.config;
     let activity = Activity::default();
     let io = hyper_util::rt::TokioIo::new(Watched::new(io, activity.clone()));
-    let client_ip = peer.ip().to_canonical().to_string();
-    let conn_ctx = Arc::new(ConnCtx {
-        slot,
-        peer,
-        local,
-        tls,
-        forwarded_ip: HeaderValue::from_str(&client_ip).ok(),
-        client_ip,
-    });
+    let conn_ctx = ConnCtx::new(slot, peer, local, tls);
     let service = hyper::service::service_fn(move |req| {
         let ctx = conn_ctx.clone();
         async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
@@ -80,15 +72,7 @@ where
     let cfg = &frontend.config;
     let activity = Activity::default();
     let io = hyper_util::rt::TokioIo::new(Watched::new(io, activity.clone()));
-    let client_ip = peer.ip().to_canonical().to_string();
-    let conn_ctx = Arc::new(ConnCtx {
-        slot,
-        peer,
-        local,
-        tls: true,
-        forwarded_ip: HeaderValue::from_str(&client_ip).ok(),
-        client_ip,
-    });
+    let conn_ctx = ConnCtx::new(slot, peer, local, true);
     let service = hyper::service::service_fn(move |req| {
         let ctx = conn_ctx.clone();
         async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
@@ -122,6 +106,20 @@ struct ConnCtx {
     /// The client's address as text and as a header value, made once per connection.
     client_ip: String,
     forwarded_ip: Option<HeaderValue>,
+}
+
+impl ConnCtx {
+    fn new(slot: Slot, peer: SocketAddr, local: SocketAddr, tls: bool) -> Arc<ConnCtx> {
+        let client_ip = peer.ip().to_canonical().to_string();
+        Arc::new(ConnCtx {
+            slot,
+            peer,
+            local,
+            tls,
+            forwarded_ip: HeaderValue::from_str(&client_ip).ok(),
+            client_ip,
+        })
+    }
 }
 
 async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ResponseBody> {
