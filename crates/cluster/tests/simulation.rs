@@ -9,22 +9,113 @@
 
 mod sim;
 
-use sim::plan::run_seed;
+use sim::plan::{run_disk_seed, run_seed};
 use std::time::Instant;
 
-/// A panic inside the engine (or the model's own consistency checks) is a
-/// failure of that seed, reported with the seed like any other.
-fn run_seed_catching(seed: u64) -> Result<sim::plan::SeedReport, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_seed(seed, false))).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "a panic".to_string());
-        Err(format!(
-            "seed {seed}: PANIC {what}\nreplay with: UPHOLD_SIM_SEED={seed} cargo test -p uphold-cluster --test simulation -- --nocapture"
-        ))
-    })
+/// One kind of seeded run: which function runs a seed, and the environment
+/// variables that choose the seeds and replay one.
+struct Sweep {
+    run: fn(u64, bool) -> Result<sim::plan::SeedReport, String>,
+    /// Replays one seed with its whole trace.
+    seed_var: &'static str,
+    /// How many seeds; `default_seeds` without it.
+    seeds_var: &'static str,
+    default_seeds: u64,
+    test: &'static str,
+}
+
+impl Sweep {
+    fn replay(&self, seed: u64) -> String {
+        format!(
+            "replay with: {}={seed} cargo test -p uphold-cluster --test simulation {} -- --nocapture",
+            self.seed_var, self.test
+        )
+    }
+
+    /// A panic inside the engine (or the model's own consistency checks) is a
+    /// failure of that seed, reported with the seed like any other.
+    fn run_catching(&self, seed: u64) -> Result<sim::plan::SeedReport, String> {
+        let run = self.run;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(seed, false)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".to_string());
+                Err(format!("seed {seed}: PANIC {what}"))
+            });
+        result.map_err(|e| format!("{e}\n{}", self.replay(seed)))
+    }
+
+    fn sweep(&self) {
+        if let Some(seed) = env_u64(self.seed_var) {
+            match (self.run)(seed, true) {
+                Ok(report) => {
+                    println!("{}", report.trace);
+                    println!(
+                        "seed {seed}: ok, {} ms virtual, {} events, {} faults",
+                        report.virtual_ms, report.events, report.faults
+                    );
+                }
+                Err(e) => panic!("{e}\n{}", self.replay(seed)),
+            }
+            return;
+        }
+        let seeds = env_u64(self.seeds_var).unwrap_or(self.default_seeds);
+        let first = env_u64("UPHOLD_SIM_FIRST_SEED").unwrap_or(0);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8) as u64;
+        let started = Instant::now();
+        // Seeds are independent worlds: threads only change the wall time.
+        let results: Vec<(u64, Result<sim::plan::SeedReport, String>)> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        scope.spawn(move || {
+                            (first..first + seeds)
+                                .filter(|s| s % threads == t)
+                                .map(|s| (s, self.run_catching(s)))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("simulation thread panicked"))
+                    .collect()
+            });
+        let mut failures: Vec<(u64, String)> = Vec::new();
+        let (mut events, mut virtual_ms, mut faults) = (0, 0, 0);
+        let mut samples = Vec::new();
+        for (seed, result) in results {
+            match result {
+                Ok(r) => {
+                    events += r.events;
+                    virtual_ms += r.virtual_ms;
+                    faults += r.faults;
+                    samples.extend(r.failovers);
+                }
+                Err(e) => failures.push((seed, e)),
+            }
+        }
+        failures.sort_by_key(|(s, _)| *s);
+        println!(
+            "{seeds} seeds in {:.1} s on {threads} threads: {events} events, {faults} faults, {} s of virtual time",
+            started.elapsed().as_secs_f64(),
+            virtual_ms / 1000
+        );
+        print_failover_stats(&samples);
+        if let Some((_, first)) = failures.first() {
+            let failed: Vec<u64> = failures.iter().map(|(s, _)| *s).collect();
+            panic!(
+                "{} of {seeds} seeds failed: {failed:?}\nby kind:\n{}first failure:\n{first}",
+                failures.len(),
+                failure_kinds(&failures)
+            );
+        }
+    }
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -37,71 +128,30 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn simulation_seeds() {
-    if let Some(seed) = env_u64("UPHOLD_SIM_SEED") {
-        match run_seed(seed, true) {
-            Ok(report) => {
-                println!("{}", report.trace);
-                println!(
-                    "seed {seed}: ok, {} ms virtual, {} events, {} faults",
-                    report.virtual_ms, report.events, report.faults
-                );
-            }
-            Err(e) => panic!("{e}"),
-        }
-        return;
+    Sweep {
+        run: run_seed,
+        seed_var: "UPHOLD_SIM_SEED",
+        seeds_var: "UPHOLD_SIM_SEEDS",
+        default_seeds: 1500,
+        test: "simulation_seeds",
     }
-    let seeds = env_u64("UPHOLD_SIM_SEEDS").unwrap_or(1500);
-    let first = env_u64("UPHOLD_SIM_FIRST_SEED").unwrap_or(0);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8) as u64;
-    let started = Instant::now();
-    // Seeds are independent worlds: threads only change the wall time.
-    let results: Vec<(u64, Result<sim::plan::SeedReport, String>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                scope.spawn(move || {
-                    (first..first + seeds)
-                        .filter(|s| s % threads == t)
-                        .map(|s| (s, run_seed_catching(s)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("simulation thread panicked"))
-            .collect()
-    });
-    let mut failures: Vec<(u64, String)> = Vec::new();
-    let (mut events, mut virtual_ms, mut faults) = (0, 0, 0);
-    let mut samples = Vec::new();
-    for (seed, result) in results {
-        match result {
-            Ok(r) => {
-                events += r.events;
-                virtual_ms += r.virtual_ms;
-                faults += r.faults;
-                samples.extend(r.failovers);
-            }
-            Err(e) => failures.push((seed, e)),
-        }
+    .sweep();
+}
+
+/// Disk stalls alone (up to 5 s per write, on any member, the leader, an
+/// owner, a majority or all), with the network whole and nothing crashing:
+/// no group ever stops or moves.
+#[test]
+fn slow_disks_alone_never_move_a_group() {
+    let default = env_u64("UPHOLD_SIM_SEEDS").map_or(300, |n| (n / 5).max(50));
+    Sweep {
+        run: run_disk_seed,
+        seed_var: "UPHOLD_SIM_DISK_SEED",
+        seeds_var: "UPHOLD_SIM_DISK_SEEDS",
+        default_seeds: default,
+        test: "slow_disks_alone_never_move_a_group",
     }
-    failures.sort_by_key(|(s, _)| *s);
-    println!(
-        "{seeds} seeds in {:.1} s on {threads} threads: {events} events, {faults} faults, {} s of virtual time",
-        started.elapsed().as_secs_f64(),
-        virtual_ms / 1000
-    );
-    print_failover_stats(&samples);
-    if let Some((_, first)) = failures.first() {
-        let failed: Vec<u64> = failures.iter().map(|(s, _)| *s).collect();
-        panic!(
-            "{} of {seeds} seeds failed: {failed:?}\nby kind:\n{}first failure:\n{first}",
-            failures.len(),
-            failure_kinds(&failures)
-        );
-    }
+    .sweep();
 }
 
 /// One line per kind of failure (the message without seed, names and time),
@@ -209,7 +259,7 @@ fn checker_catches_a_second_active_node() {
         violation.contains("SPLIT BRAIN") && violation.contains("n1 and n3"),
         "{violation}"
     );
-    assert!(violation.contains("UPHOLD_SIM_SEED=1"), "{violation}");
+    assert!(violation.starts_with("seed 1: "), "{violation}");
     let mut w = world(1, cluster(2, true, false, N1, &[N1, N2], &[]));
     settle(&mut w, N1, N1);
     let violation = w
@@ -254,11 +304,14 @@ fn owner_daemon_crash_moves_group_quickly() {
         took <= 1200.0,
         "failover took {took:.0} ms, more than 1.2 s"
     );
-    // The crashed daemon's guard took the address down at once.
-    let down = w.deactivations(N1, 0);
-    assert_eq!(
-        down.last().map(|d| (d.0, d.1)),
-        Some((crash, "guard: daemon died"))
+    // The crashed daemon's guard took the group down at once: its stop
+    // commands took no longer than an emergency stop.
+    let (down_at, why) = *w.deactivations(N1, 0).last().expect("n1 went down");
+    assert_eq!(why, "guard: daemon died");
+    assert!(
+        down_at - crash <= w.cfg.stop_emergency_us.1,
+        "guard took {} us",
+        down_at - crash
     );
 }
 
@@ -547,4 +600,72 @@ fn delayed_release_of_a_crashed_incarnation_does_not_overlap() {
     // Either outcome is fine (the late release is refused and n1 keeps g1, or
     // g1 moves to n2): what matters is that it runs exactly once.
     assert!(w.group_up(0).is_some(), "g1 runs nowhere at the end");
+}
+
+#[test]
+fn owner_and_leader_disks_stalled_for_seconds_move_nothing() {
+    // n1 owns g1 and n3 leads; both disks take 5 s per write for 8 s (a backup
+    // flushing gigabytes through the same journal). Leases are renewed in
+    // memory: nothing stops, nothing moves, and Raft keeps its leader.
+    let mut w = world(111, cluster(3, false, false, N3, &[N1, N2], &[N2]));
+    settle(&mut w, N3, N1);
+    w.no_moves_after = Some(w.now);
+    let t0 = w.now / MS;
+    let id = w.new_id();
+    w.at_ms(
+        t0,
+        Fault::DiskStall {
+            id,
+            members: vec![N1, N3],
+            latency_us: 5000 * MS,
+        },
+    );
+    w.at_ms(t0 + 8000, Fault::DiskStallEnd(id));
+    run_for(&mut w, 15_000);
+    assert_eq!(w.group_up(0), Some(N1));
+    assert_eq!(w.leader(), Some(N3), "leadership changed under slow disks");
+    assert_eq!(w.activations(N1, 0).len(), 1, "g1 restarted on n1");
+}
+
+#[test]
+fn daemon_restarted_at_once_waits_for_its_old_guard_and_keeps_the_group() {
+    // The owner's daemon is SIGKILLed and restarted 5 ms later, as systemd
+    // does; the old guard's stop commands take 300 ms. The new daemon must not
+    // touch g1 until the old guard is done (one controller per resource), then
+    // start it again on n1: no move, downtime about stop + start.
+    let mut cfg = cluster(3, false, false, N3, &[N1, N2], &[N2]);
+    cfg.stop_emergency_us = (300 * MS, 300 * MS);
+    cfg.start_us = (50 * MS, 50 * MS);
+    let mut w = world(112, cfg);
+    settle(&mut w, N3, N1);
+    let crash = w.now / MS;
+    w.at_ms(crash, Fault::CrashDaemon(N1));
+    w.at_ms(crash + 5, Fault::RestartDaemon(N1));
+    wait_for(&mut w, 3000, "g1 running again", |w| {
+        w.group_up(0).is_some()
+    });
+    let back = ms_since(&w, crash * MS);
+    println!(
+        "owner daemon killed and restarted at once: g1 back on {} after {back:.0} ms",
+        w.members[w.group_up(0).unwrap()].name
+    );
+    if std::env::var("SHOW").is_ok() {
+        println!("{}", w.dump_trace_since(crash * MS));
+    }
+    assert_eq!(
+        w.group_up(0),
+        Some(N1),
+        "the group moved off a healthy node"
+    );
+    let (down_at, why) = *w.deactivations(N1, 0).last().expect("the guard stopped g1");
+    assert_eq!(why, "guard: daemon died");
+    let up_again = *w.activations(N1, 0).last().expect("g1 started again");
+    assert!(
+        up_again >= down_at,
+        "the new daemon started g1 before the old guard had stopped it"
+    );
+    run_for(&mut w, 5000);
+    assert_eq!(w.group_up(0), Some(N1));
+    let epoch = w.latest_state().group(&w.groups[0]).epoch;
+    assert_eq!(epoch, 1, "g1 changed owner");
 }

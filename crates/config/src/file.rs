@@ -41,6 +41,9 @@ pub(crate) struct ClusterFile {
     pub heartbeat_interval: Option<DurationText>,
     pub election_timeout_min: Option<DurationText>,
     pub election_timeout_max: Option<DurationText>,
+    pub lock_memory: Option<bool>,
+    pub cpu_priority: Option<String>,
+    pub io_priority: Option<String>,
     #[serde(default)]
     pub member: Vec<MemberFile>,
 }

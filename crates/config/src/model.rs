@@ -66,6 +66,71 @@ pub struct ClusterConfig {
     /// Directory holding `ca.pem`, `<node>.pem`, `<node>-key.pem`; may contain
     /// `{node}`. Default `/etc/uphold/tls`.
     pub tls_dir: String,
+    /// How the daemon shields itself from a loaded host. Applied at start only.
+    pub protection: Protection,
+}
+
+/// `[cluster]` `lock_memory`, `cpu_priority`, `io_priority`: the daemon's
+/// self-protection, so that a busy disk, a saturated CPU or memory pressure do not
+/// delay its decisions. The defaults suit a dedicated server run as root; without
+/// the privileges the daemon runs unprotected and says so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Protection {
+    /// Keep the daemon's memory in RAM (never swapped out). Default true.
+    pub lock_memory: bool,
+    /// Scheduling priority of the threads that decide (cluster loop, Raft, RPC).
+    pub cpu_priority: CpuPriority,
+    /// Disk priority of the daemon.
+    pub io_priority: IoPriority,
+}
+
+impl Default for Protection {
+    fn default() -> Self {
+        Protection {
+            lock_memory: true,
+            cpu_priority: CpuPriority::High,
+            io_priority: IoPriority::High,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuPriority {
+    /// `"normal"`: the priority uphold was started with.
+    Normal,
+    /// `"high"`: nice -10 (the default).
+    High,
+    /// `"realtime"`: SCHED_RR at a low realtime priority, with a CPU budget.
+    Realtime,
+}
+
+impl CpuPriority {
+    /// The word used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuPriority::Normal => "normal",
+            CpuPriority::High => "high",
+            CpuPriority::Realtime => "realtime",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoPriority {
+    /// `"normal"`: the I/O priority uphold was started with.
+    Normal,
+    /// `"high"`: best-effort class, level 0 (the default).
+    High,
+}
+
+impl IoPriority {
+    /// The word used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoPriority::Normal => "normal",
+            IoPriority::High => "high",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

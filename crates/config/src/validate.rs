@@ -8,7 +8,10 @@ use crate::file::{
     ResourceFile,
 };
 use crate::locate::{KeyPath, Locator};
-use crate::model::{ClusterConfig, Config, GroupConfig, Member, MemberRole, Timing};
+use crate::model::{
+    ClusterConfig, Config, CpuPriority, GroupConfig, IoPriority, Member, MemberRole, Protection,
+    Timing,
+};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -153,6 +156,7 @@ fn validate_cluster(
     );
     let tls_dir = directory(ctx, &p.key("tls_dir"), c.tls_dir.clone(), DEFAULT_TLS_DIR);
     let timing = validate_timing(ctx, &p, &c);
+    let protection = validate_protection(ctx, &p, &c);
     let raw_members: Vec<RawMember> = c
         .member
         .iter()
@@ -201,6 +205,45 @@ fn validate_cluster(
         timing: timing?,
         state_dir: state_dir?,
         tls_dir: tls_dir?,
+        protection: protection?,
+    })
+}
+
+/// `lock_memory`, `cpu_priority`, `io_priority`; absent keys take the defaults of
+/// [`Protection`].
+fn validate_protection(ctx: &mut Ctx<'_>, p: &KeyPath, c: &ClusterFile) -> Option<Protection> {
+    let default = Protection::default();
+    let cpu_priority = match c.cpu_priority.as_deref() {
+        None => Some(default.cpu_priority),
+        Some("normal") => Some(CpuPriority::Normal),
+        Some("high") => Some(CpuPriority::High),
+        Some("realtime") => Some(CpuPriority::Realtime),
+        Some(other) => {
+            ctx.error(
+                &p.key("cpu_priority"),
+                format!(
+                    "invalid cpu_priority {other:?}: expected \"normal\", \"high\" or \"realtime\""
+                ),
+            );
+            None
+        }
+    };
+    let io_priority = match c.io_priority.as_deref() {
+        None => Some(default.io_priority),
+        Some("normal") => Some(IoPriority::Normal),
+        Some("high") => Some(IoPriority::High),
+        Some(other) => {
+            ctx.error(
+                &p.key("io_priority"),
+                format!("invalid io_priority {other:?}: expected \"normal\" or \"high\""),
+            );
+            None
+        }
+    };
+    Some(Protection {
+        lock_memory: c.lock_memory.unwrap_or(default.lock_memory),
+        cpu_priority: cpu_priority?,
+        io_priority: io_priority?,
     })
 }
 
@@ -332,22 +375,6 @@ fn validate_timing(ctx: &mut Ctx<'_>, p: &KeyPath, c: &ClusterFile) -> Option<Ti
             ),
         );
         ok = false;
-    }
-    if ok && max + renew + lease / 8 > lease {
-        // While a new leader is elected no renewal commits. An owner stops its
-        // groups lease/8 before its lease ends, and its last renewal may be up to
-        // one interval old when the leader is lost.
-        ctx.warn(
-            &p.key("lease"),
-            format!(
-                "lease {} is short for these timings: losing the leader stalls renewals for up to                  election_timeout_max {} plus renew_interval {}, and owners stop their groups {}                  before the lease ends, so a leader failure can also stop healthy groups; use a                  lease of at least {}",
-                show(lease),
-                show(max),
-                show(renew),
-                show(lease / 8),
-                show((max + renew).mul_f64(8.0 / 7.0))
-            ),
-        );
     }
     ok.then_some(Timing {
         lease,

@@ -186,6 +186,7 @@ fn full_file_lands_in_the_typed_model() {
             },
             state_dir: "/srv/uphold/{node}".to_string(),
             tls_dir: "/srv/uphold/tls/{node}".to_string(),
+            protection: Default::default(),
         }),
         sync: Vec::new(),
         balance: Vec::new(),
@@ -470,18 +471,13 @@ fn config_md_examples_parse() {
 }
 
 #[test]
-fn a_lease_shorter_than_an_election_plus_a_renewal_warns() {
+fn a_lease_shorter_than_an_election_is_fine_since_leases_are_not_logged() {
+    // Renewals no longer go through the Raft leader, so an election does not
+    // stall them: a 400 ms lease with slow elections is valid and quiet.
     let text = members(3, 1).replace(
         "name = \"shop\"\n",
-        "name = \"shop\"\nlease = \"500ms\"\nrenew_interval = \"150ms\"\nelection_timeout_max = \"400ms\"\n",
+        "name = \"shop\"\nlease = \"400ms\"\nrenew_interval = \"100ms\"\nelection_timeout_max = \"400ms\"\n",
     );
-    let warnings = warnings_for(&text);
-    assert!(
-        warnings.iter().any(|w| w.contains("t.toml:3")
-            && w.contains("lease 500ms is short")
-            && w.contains("cluster.lease")),
-        "{warnings:?}"
-    );
-    // The defaults leave room.
+    assert!(warnings_for(&text).is_empty(), "{:?}", warnings_for(&text));
     assert!(warnings_for(&members(3, 1)).is_empty());
 }

@@ -12,20 +12,28 @@
 //! (the daemon died), its parent process changes, or it receives SIGTERM (as
 //! systemd sends to the rest of a unit whose main process died).
 //!
+//! One guard per node holds the node's resources: every guard takes an exclusive
+//! lock on a file in the state directory before it says it is ready, and keeps
+//! it until it exits. A daemon restarted right after a crash starts a new guard
+//! at once; that guard is ready only once the old one has finished undoing (its
+//! stop commands may take a while), and the daemon touches no resource before.
+//! So two controllers never drive one resource, and this does not depend on
+//! timing: the kernel drops the lock when the old guard exits.
+//!
 //! Daemon side: [`GuardClient`]. Guard side: [`run_guard_process`], the body of
 //! the `uphold guard` subcommand, around the loop [`run_guard`].
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg, OFlag};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use serde::{Deserialize, Serialize};
 use uphold_core::ResourceSpec;
@@ -61,6 +69,9 @@ pub enum GuardMessage {
 /// Log prefix of every guard line, so its actions stand out in the daemon's
 /// stderr (which the guard shares).
 const PREFIX: &str = "uphold-guard:";
+
+/// The line a guard writes on its stdout once it holds the node's lock.
+const READY_LINE: &str = "uphold-guard-ready";
 
 /// Writes one line to stderr, ignoring failures: the guard outlives the
 /// daemon, and whatever read their shared stderr (a pipe to a logger) may be
@@ -114,7 +125,46 @@ const MAX_PENDING_BYTES: usize = 1024 * 1024;
 pub struct GuardClient {
     child: Child,
     stdin: Option<ChildStdin>,
+    stdout: Option<ChildStdout>,
     pending: Vec<u8>,
+}
+
+/// The guard's announcement that it holds the node's lock; see
+/// [`GuardClient::take_ready`].
+pub struct GuardReady(ChildStdout);
+
+impl std::fmt::Debug for GuardReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuardReady")
+    }
+}
+
+impl GuardReady {
+    /// Blocks until the guard holds the node's lock (the guard of an earlier
+    /// run has exited), or fails if the guard exits first.
+    pub fn wait(self) -> Result<(), OsError> {
+        let mut reader = BufReader::new(self.0);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = reader
+                .by_ref()
+                .take(MAX_LINE_BYTES)
+                .read_until(b'\n', &mut line)
+                .map_err(|source| OsError::GuardGone { source })?;
+            if read == 0 {
+                return Err(OsError::GuardGone {
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the guard exited before it was ready",
+                    ),
+                });
+            }
+            if line.trim_ascii() == READY_LINE.as_bytes() {
+                return Ok(());
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for GuardClient {
@@ -128,8 +178,8 @@ impl std::fmt::Debug for GuardClient {
 
 impl GuardClient {
     /// Starts `program args...` in a new session (so signals sent to the
-    /// daemon's process group or terminal do not reach it) with a pipe as its
-    /// stdin; stdout and stderr are inherited.
+    /// daemon's process group or terminal do not reach it) with pipes as its
+    /// stdin and stdout (which only says when it is ready); stderr is inherited.
     pub fn spawn(program: &Path, args: &[&str]) -> Result<GuardClient, OsError> {
         let spawn_error = |source: io::Error| OsError::GuardSpawn {
             program: program.to_path_buf(),
@@ -139,7 +189,7 @@ impl GuardClient {
         command
             .args(args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::inherit())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         // SAFETY: the closure runs in the forked child before exec; it only
         // calls setsid(2), which is async-signal-safe, and builds an io::Error
@@ -166,11 +216,19 @@ impl GuardClient {
             let _ = child.wait();
             return Err(spawn_error(io::Error::from(errno)));
         }
+        let stdout = child.stdout.take();
         Ok(GuardClient {
             child,
             stdin: Some(stdin),
+            stdout,
             pending: Vec::new(),
         })
+    }
+
+    /// The guard's readiness, once: wait on it (off the async workers) before
+    /// starting or stopping any resource.
+    pub fn take_ready(&mut self) -> Option<GuardReady> {
+        self.stdout.take().map(GuardReady)
     }
 
     /// Process id of the guard.
@@ -576,10 +634,45 @@ pub fn run_guard(input: impl Read + Send + 'static) -> Result<(), OsError> {
     }
 }
 
-/// The whole `uphold guard` subcommand: [`run_guard`] on stdin, with SIGTERM
-/// undoing everything held before exiting (seen within
+/// Takes the node's guard lock at `path`, waiting for the guard of an earlier
+/// daemon run to exit if it holds it. The returned lock is held until dropped
+/// (at the guard's exit); the file is opened close-on-exec, so stop commands
+/// run by the guard do not inherit it.
+fn take_lock(path: &Path) -> Result<Flock<std::fs::File>, OsError> {
+    let setup = |what: &'static str| move |source: io::Error| OsError::GuardSetup { what, source };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(setup("open its lock file"))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((file, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
+            let mut holder = String::new();
+            let _ = (&file).read_to_string(&mut holder);
+            say!(
+                "{PREFIX} waiting for the guard of an earlier run (pid {}) to finish undoing",
+                holder.trim()
+            );
+            Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, errno)| setup("lock its lock file")(io::Error::from(errno)))?
+        }
+        Err((_, errno)) => return Err(setup("lock its lock file")(io::Error::from(errno))),
+    };
+    // Who holds it, for the next guard's message.
+    let _ = lock.set_len(0);
+    let _ = (&*lock).seek(io::SeekFrom::Start(0));
+    let _ = writeln!(&mut *lock, "{}", std::process::id());
+    Ok(lock)
+}
+
+/// The whole `uphold guard` subcommand: takes the node's lock at `lock` (if
+/// given; see the module docs), says it is ready, then runs [`run_guard`] on
+/// stdin, with SIGTERM undoing everything held before exiting (seen within
 /// half a second). Call it from the process's main thread, once.
-pub fn run_guard_process() -> Result<(), OsError> {
+pub fn run_guard_process(lock: Option<&Path>) -> Result<(), OsError> {
     let action = SigAction::new(
         SigHandler::Handler(on_sigterm),
         SaFlags::SA_RESTART,
@@ -592,6 +685,13 @@ pub fn run_guard_process() -> Result<(), OsError> {
         what: "handle SIGTERM",
         source: io::Error::from(errno),
     })?;
+    let _lock = lock.map(take_lock).transpose()?;
+    // The daemon waits for this line before it touches any resource; nothing
+    // else is ever written to stdout.
+    // A daemon that does not wait for it (it restarted a dead guard) may have
+    // closed the pipe: that is no reason to stop guarding.
+    let mut stdout = io::stdout();
+    let _ = writeln!(stdout, "{READY_LINE}").and_then(|()| stdout.flush());
     run_guard(io::stdin())
 }
 

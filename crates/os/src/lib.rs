@@ -22,7 +22,13 @@
 //!   [`watch::TreeWatcher`] turns inotify events into [`watch::Hint`]s, falling
 //!   back to periodic rescans where the watch limit is reached.
 //! - [`limits`]: [`limits::raise_open_files`] at start-up.
-//! - [`error`]: [`OsError`], the single error type.
+//! - [`protect`]: the daemon's self-protection on a loaded host: locked memory
+//!   ([`protect::lock_memory`]), CPU priority per thread
+//!   ([`protect::set_thread_cpu_priority`]), I/O priority
+//!   ([`protect::set_io_priority`]).
+//! - [`error`]: [`OsError`], the error type of everything else ([`protect`] has
+//!   its own [`protect::ProtectError`], whose callers must tell "not permitted",
+//!   an expected outcome without root, from a failure).
 
 #![allow(unsafe_code)]
 
@@ -33,6 +39,7 @@ pub mod error;
 pub mod exec;
 pub mod guard;
 pub mod limits;
+pub mod protect;
 pub mod vip;
 pub mod watch;
 
@@ -43,5 +50,5 @@ pub use arp::{announce, send_gratuitous_arp, send_unsolicited_na};
 pub use clock::{monotonic_now, monotonic_now_ms, MonotonicClock};
 pub use error::OsError;
 pub use exec::{ExecOutcome, ExecStatus};
-pub use guard::{run_guard, run_guard_process, GuardClient, GuardMessage};
+pub use guard::{run_guard, run_guard_process, GuardClient, GuardMessage, GuardReady};
 pub use vip::{AddOutcome, Netlink, RemoveOutcome};

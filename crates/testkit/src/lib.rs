@@ -4,6 +4,7 @@
 //! shared by the end-to-end tests and `bench/failover` ([`scenario`]).
 
 pub mod deploy;
+pub mod loopback;
 pub mod netns;
 pub mod probe;
 pub mod procstat;

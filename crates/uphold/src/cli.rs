@@ -41,7 +41,15 @@ pub enum Command {
     DemoService(DemoServiceArgs),
     /// Internal: the process that removes addresses if the daemon dies.
     #[command(hide = true)]
-    Guard,
+    Guard(GuardArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GuardArgs {
+    /// The node's guard lock (in the state directory): held for the guard's
+    /// whole life, so a new guard waits for an old one still undoing.
+    #[arg(long)]
+    pub lock: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Subcommand, Debug)]

@@ -27,12 +27,28 @@ fn main() -> ExitCode {
         cli::Command::Sync(cli::SyncCommand::Once(args)) => sync_cmd::once(args),
         cli::Command::Balance(command) => balance_cmd::main(command),
         cli::Command::DemoService(args) => demo::service_main(args),
-        cli::Command::Guard => match uphold_os::guard::run_guard_process() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("uphold-guard: {e}");
-                ExitCode::FAILURE
+        cli::Command::Guard(args) => {
+            guard_lock_memory();
+            match uphold_os::guard::run_guard_process(args.lock.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("uphold-guard: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
+    }
+}
+
+/// The guard is the safety net while the daemon is stopped or starved: it must
+/// not wait for its own pages to come back from swap before releasing addresses.
+/// It is small (a few MiB), so it locks regardless of the daemon's `lock_memory`.
+/// Without root that is refused, as the daemon's own start line already reports;
+/// only an unexpected failure is printed (to the stderr it shares with the daemon).
+fn guard_lock_memory() {
+    if let Err(e) = uphold_os::protect::lock_memory() {
+        if !e.is_not_permitted() {
+            eprintln!("uphold-guard: {e}; running without it");
+        }
     }
 }

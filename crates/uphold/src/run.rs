@@ -11,7 +11,8 @@ use tracing::{error, info, warn};
 use uphold_cluster::runtime::{self, RuntimeOptions, StatusCell};
 
 pub fn main(args: RunArgs) -> ExitCode {
-    init_logging(&args.log);
+    // Held until main returns: the log lines still queued are written then.
+    let _log_writer = init_logging(&args.log);
     let loaded = match uphold_config::load(&args.select.config) {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -42,11 +43,11 @@ pub fn main(args: RunArgs) -> ExitCode {
             }
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let cpu = protect_self(cluster.as_ref().map(|(c, _)| c.protection));
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(1).enable_all();
+    protect_runtime_threads(&mut builder, cpu);
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -63,7 +64,12 @@ pub fn main(args: RunArgs) -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
+/// Log lines that may wait for a slow stderr (journald, a file on a busy disk);
+/// past this many the newest are dropped rather than stall the decision loop.
+/// At about 200 bytes a line that is under 1 MiB.
+const LOG_BUFFER_LINES: usize = 4096;
+
+fn init_logging(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
     // openraft reports every unreachable peer at ERROR, twice a second; uphold
     // logs reachability itself, so openraft stays quiet unless asked for by name
     // (e.g. `--log info,openraft=info`).
@@ -75,12 +81,20 @@ fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off"));
     use std::io::IsTerminal;
+    // Writing happens on a thread of its own; a full buffer drops lines instead
+    // of blocking the thread that logs.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("uphold-log")
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false)
         .init();
+    guard
 }
 
 /// What `GET /v1/status` returns: each role's part, absent when the role is not
@@ -410,8 +424,21 @@ async fn members_daemon(
         let rpc = Arc::new(uphold_proto::rpc::RpcClient::new(endpoint.clone()));
         let exe = std::env::current_exe()
             .map_err(|e| anyhow::anyhow!("cannot find our own executable for the guard: {e}"))?;
-        let guard = uphold_os::guard::GuardClient::spawn(&exe, &["guard"])
-            .map_err(|e| anyhow::anyhow!("cannot start the guard process: {e}"))?;
+        let state_dir = cluster.state_dir_for(&me.name);
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create state directory {}: {e}", state_dir.display())
+        })?;
+        let lock = state_dir.join(uphold_cluster::runtime::GUARD_LOCK_FILE);
+        let guard_args = vec![
+            "guard".to_string(),
+            "--lock".to_string(),
+            lock.display().to_string(),
+        ];
+        let guard = uphold_os::guard::GuardClient::spawn(
+            &exe,
+            &guard_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot start the guard process: {e}"))?;
         let netlink =
             Arc::new(uphold_os::vip::Netlink::new().map_err(|e| anyhow::anyhow!("netlink: {e}"))?);
         runtime::run(
@@ -421,7 +448,7 @@ async fn members_daemon(
                 rpc,
                 endpoint,
                 guard: Some(guard),
-                guard_command: Some((exe.clone(), vec!["guard".to_string()])),
+                guard_command: Some((exe.clone(), guard_args)),
                 netlink,
                 reload: cluster_reload_rx,
                 extra_services,
@@ -502,6 +529,7 @@ fn reload_config(
             for warning in &loaded.warnings {
                 warn!("{warning}");
             }
+            warn_if_protection_changed(loaded.config.cluster.as_ref());
             let _ = reload.send(loaded.config);
         }
     }
@@ -526,4 +554,155 @@ fn spawn_signal_handler(
         }
     });
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Self-protection (`[cluster]` lock_memory, cpu_priority, io_priority): applied
+// once at start, before the runtime exists. See crates/os/src/protect.rs.
+// ---------------------------------------------------------------------------
+
+/// What the daemon started with; a reload cannot change it.
+static STARTED_PROTECTION: std::sync::OnceLock<uphold_config::Protection> =
+    std::sync::OnceLock::new();
+
+/// Locks memory and raises the I/O priority for the whole process (the threads
+/// and commands started later inherit the I/O priority), and raises the CPU
+/// priority of this thread, which runs the cluster's decision loop (`block_on`).
+/// Logs one line with what is in effect; a refusal is a warning, or part of that
+/// one info line when uphold runs without root (as `uphold demo` does). Returns
+/// the CPU priority for the runtime's threads: the one this thread got.
+fn protect_self(wanted: Option<uphold_config::Protection>) -> uphold_os::protect::CpuPriority {
+    use uphold_config::{CpuPriority as Want, IoPriority as WantIo};
+    use uphold_os::protect::{self, CpuPriority, IoPriority, MemoryLock, ProtectError};
+    // Without [cluster] nothing decides: the balancer alone runs unprotected.
+    let Some(wanted) = wanted else {
+        return CpuPriority::Normal;
+    };
+    let _ = STARTED_PROTECTION.set(wanted);
+    let mut active: Vec<String> = Vec::new();
+    let mut refused: Vec<ProtectError> = Vec::new();
+    if wanted.lock_memory {
+        match protect::lock_memory() {
+            Ok(MemoryLock::OnFault) => active.push("memory locked".into()),
+            Ok(MemoryLock::AllPages) => active.push(
+                "memory locked (every mapped page: this kernel has no MCL_ONFAULT, so the \
+                 resident size is the mapped size)"
+                    .into(),
+            ),
+            Err(e) => refused.push(e),
+        }
+    }
+    if wanted.io_priority == WantIo::High {
+        match protect::set_io_priority(IoPriority::High) {
+            Ok(()) => active.push("I/O priority best-effort 0".into()),
+            Err(e) => refused.push(e),
+        }
+    }
+    let mut cpu = CpuPriority::Normal;
+    if wanted.cpu_priority == Want::Realtime {
+        match protect::set_thread_cpu_priority(CpuPriority::Realtime) {
+            Ok(()) => {
+                cpu = CpuPriority::Realtime;
+                active.push(format!(
+                    "CPU priority realtime (SCHED_RR {}, at most {} ms of CPU without sleeping) \
+                     for the decision loop, Raft and RPC, nice {} for their blocking jobs",
+                    protect::REALTIME_PRIORITY,
+                    protect::REALTIME_BUDGET.as_millis(),
+                    protect::HIGH_NICE
+                ));
+            }
+            Err(e) => refused.push(e),
+        }
+    }
+    if wanted.cpu_priority != Want::Normal && cpu == CpuPriority::Normal {
+        match protect::set_thread_cpu_priority(CpuPriority::High) {
+            Ok(()) => {
+                cpu = CpuPriority::High;
+                let instead = if wanted.cpu_priority == Want::Realtime {
+                    ", instead of realtime,"
+                } else {
+                    ""
+                };
+                active.push(format!(
+                    "CPU priority high (nice {}){instead} for the decision loop, Raft and RPC",
+                    protect::HIGH_NICE
+                ));
+            }
+            Err(e) => refused.push(e),
+        }
+    }
+    let active = if active.is_empty() {
+        "nothing".to_string()
+    } else {
+        active.join("; ")
+    };
+    let root = nix::unistd::geteuid().is_root();
+    if refused.is_empty() {
+        info!("self-protection: {active}");
+    } else if !root && refused.iter().all(ProtectError::is_not_permitted) {
+        let refused: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        info!(
+            "self-protection without root: {active}; not in effect: {}",
+            refused.join("; ")
+        );
+    } else {
+        info!("self-protection: {active}");
+        for e in &refused {
+            warn!("self-protection: {e}; running without it");
+        }
+    }
+    cpu
+}
+
+/// Gives the main runtime's threads the priority `cpu`, from their start. The
+/// realtime level is kept for the worker threads (raised the first time each
+/// wakes up; blocking threads never do): blocking jobs include file-sync work
+/// that can compute for seconds, which the realtime budget would end, so they
+/// run at high. The balancer's own runtimes are started from threads marked
+/// reset-on-fork, so they stay at normal priority.
+fn protect_runtime_threads(
+    builder: &mut tokio::runtime::Builder,
+    cpu: uphold_os::protect::CpuPriority,
+) {
+    use uphold_os::protect::CpuPriority;
+    if cpu == CpuPriority::Normal {
+        return;
+    }
+    let at_start = match cpu {
+        CpuPriority::Realtime => CpuPriority::High,
+        other => other,
+    };
+    builder.on_thread_start(move || raise_thread(at_start));
+    if cpu == CpuPriority::Realtime {
+        builder.on_thread_unpark(|| {
+            thread_local! {
+                static RAISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+            }
+            if !RAISED.replace(true) {
+                raise_thread(CpuPriority::Realtime);
+            }
+        });
+    }
+}
+
+/// Raises the calling runtime thread; only the first failure is logged (the
+/// same would follow for every thread).
+fn raise_thread(cpu: uphold_os::protect::CpuPriority) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Err(e) = uphold_os::protect::set_thread_cpu_priority(cpu) {
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            warn!("self-protection: {e}, for a runtime thread; it runs without it");
+        }
+    }
+}
+
+/// A reload keeps the protection the daemon started with; say so when the file
+/// now asks for another.
+fn warn_if_protection_changed(cluster: Option<&uphold_config::ClusterConfig>) {
+    let (Some(started), Some(cluster)) = (STARTED_PROTECTION.get(), cluster) else {
+        return;
+    };
+    if cluster.protection != *started {
+        warn!("reload: lock_memory, cpu_priority and io_priority take effect at the next restart");
+    }
 }

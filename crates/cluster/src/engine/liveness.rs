@@ -1,22 +1,22 @@
-//! Which renewal each node last sent, and when this member first saw it in its log.
+//! When this member last knew each node to be renewing its lease: renewals its
+//! own voter accepted, and those other voters report accepting ([`Heard`] in
+//! their acknowledgements). So an owner cut off from the leader but renewing
+//! through another voter still looks alive to the leader, and is not moved.
 //!
-//! The time a renewal reached this member's log is never earlier than the moment
-//! its sender sent it, and the sender's lease runs from the send. So "seen at T"
-//! means the sender's lease from that renewal ends no later than T + lease (plus
-//! drift). The leader uses this to know when a silent owner's lease has certainly
-//! expired. Fed from the log store's append hook on every member, so a follower
-//! that becomes leader already has the figures.
+//! This only decides *when* the leader moves a group away from a silent owner;
+//! that no two nodes run it is the start gate's job (`crate::engine::lease`).
 
-use crate::engine::state::RenewalId;
+use crate::engine::lease::Heard;
 use std::collections::BTreeMap;
 use uphold_core::{Millis, NodeId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seen {
-    /// The latest renewal of the node in this member's log, if known.
-    pub renewal: Option<RenewalId>,
-    /// When it was appended here (or a later, conservative time).
+    /// Some renewal of the node was accepted by a voter at this time (on this
+    /// member's clock), or at start-up, the safe assumption that it just was.
     pub at: Millis,
+    /// False until a renewal was actually heard of in this run.
+    pub heard: bool,
     /// Start of the current run of renewals without a gap longer than a lease.
     pub alive_since: Millis,
 }
@@ -27,8 +27,8 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// At start-up this member knows nothing about renewals already in its log,
-    /// so it assumes every node renewed just now: the safe direction.
+    /// At start-up this member knows nothing about anyone's renewals, so it
+    /// assumes every node renewed just now: the direction that moves nothing.
     pub fn new(nodes: &[NodeId], now: Millis) -> Liveness {
         let seen = nodes
             .iter()
@@ -36,8 +36,8 @@ impl Liveness {
                 (
                     *node,
                     Seen {
-                        renewal: None,
                         at: now,
+                        heard: false,
                         alive_since: now,
                     },
                 )
@@ -46,48 +46,39 @@ impl Liveness {
         Liveness { seen }
     }
 
-    /// A renewal was appended to this member's log at `now`.
-    pub fn renewal_appended(
-        &mut self,
-        node: NodeId,
-        renewal: RenewalId,
-        now: Millis,
-        lease_ms: Millis,
-    ) {
+    /// A voter accepted a renewal of `node` at `at` (this member's clock).
+    pub fn renewed(&mut self, node: NodeId, at: Millis, lease_ms: Millis) {
         let entry = self.seen.entry(node).or_insert(Seen {
-            renewal: None,
-            at: now,
-            alive_since: now,
+            at,
+            heard: false,
+            alive_since: at,
         });
-        if now.saturating_sub(entry.at) > lease_ms {
-            entry.alive_since = now;
+        if at.saturating_sub(entry.at) > lease_ms {
+            entry.alive_since = at;
         }
-        entry.renewal = Some(renewal);
-        entry.at = entry.at.max(now);
+        entry.heard = true;
+        entry.at = entry.at.max(at);
     }
 
-    /// The log committed a different latest renewal than the one we named (ours was
-    /// truncated, or appended before a restart): adopt the committed one and restart
-    /// the wait from now, which is never too early.
-    pub fn correct(&mut self, node: NodeId, committed: Option<RenewalId>, now: Millis) {
-        let entry = self.seen.entry(node).or_insert(Seen {
-            renewal: None,
-            at: now,
-            alive_since: now,
-        });
-        entry.renewal = committed;
-        entry.at = entry.at.max(now);
+    /// A voter's report, received at `now`, of the renewals it accepts. Only
+    /// nodes this member tracks count (a report cannot add strangers).
+    pub fn report(&mut self, heard: &[Heard], now: Millis, lease_ms: Millis) {
+        for h in heard {
+            if self.seen.contains_key(&h.node) {
+                self.renewed(h.node, now.saturating_sub(h.age_ms), lease_ms);
+            }
+        }
     }
 
     pub fn get(&self, node: NodeId) -> Option<Seen> {
         self.seen.get(&node).copied()
     }
 
-    /// The node's leases have certainly expired by `now`.
-    pub fn lease_expired(&self, node: NodeId, now: Millis, expiry_wait_ms: Millis) -> bool {
+    /// No voter has accepted a renewal of the node for `wait_ms`: its leases
+    /// have most likely run out, so its groups should move.
+    pub fn lease_expired(&self, node: NodeId, now: Millis, wait_ms: Millis) -> bool {
         match self.seen.get(&node) {
-            Some(seen) => now >= seen.at.saturating_add(expiry_wait_ms),
-            // Never heard of: it was never granted anything through this member's log.
+            Some(seen) => now >= seen.at.saturating_add(wait_ms),
             None => true,
         }
     }
@@ -95,7 +86,7 @@ impl Liveness {
     /// The node renewed recently enough that it can plausibly take a group now.
     pub fn is_live(&self, node: NodeId, now: Millis, lease_ms: Millis) -> bool {
         match self.seen.get(&node) {
-            Some(seen) => seen.renewal.is_some() && now < seen.at.saturating_add(lease_ms),
+            Some(seen) => seen.heard && now < seen.at.saturating_add(lease_ms),
             None => false,
         }
     }

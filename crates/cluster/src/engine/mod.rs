@@ -1,8 +1,9 @@
-//! The pure failover logic: replicated state, the leader's placement decisions and
-//! each node's agent. Events and the current time go in, actions come out; the
+//! The pure failover logic: replicated state, the lease protocol, the leader's
+//! placement decisions and each node's agent. Events and the current time go in, actions come out; the
 //! executor in `crate::runtime` performs them. Nothing here does I/O or reads a clock.
 
 pub mod agent;
+pub mod lease;
 pub mod liveness;
 pub mod node;
 pub mod placement;
@@ -10,6 +11,7 @@ pub mod state;
 pub mod topology;
 
 pub use agent::{Agent, AgentAction, AgentEvent, GroupPhase, StopKind};
+pub use lease::{Claim, GateAnswer, GateQuery, Heard, LeaseVoter, Renewal, RenewalAck};
 pub use liveness::Liveness;
 pub use node::{Action, Event, NodeEngine};
 pub use placement::{Placement, PlacementAction};

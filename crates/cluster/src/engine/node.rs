@@ -3,6 +3,7 @@
 //! drive exactly this type.
 
 use crate::engine::agent::{Agent, AgentAction, AgentEvent};
+use crate::engine::lease::{GateAnswer, GateQuery, LeaseVoter, Renewal, RenewalAck};
 use crate::engine::liveness::Liveness;
 use crate::engine::placement::{Placement, PlacementAction};
 use crate::engine::state::{ApplyResult, ClusterState, Command};
@@ -15,16 +16,34 @@ pub use crate::engine::agent::StopKind;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     Tick,
-    /// A command reached this member's log (leader or follower), durably.
+    /// A command is durable in this member's log (leader or follower), or was
+    /// read back from it at start.
     Appended(Command),
-    /// The state machine applied more entries.
-    Applied(Arc<ClusterState>),
+    /// A state this member holds durably: the snapshot loaded at start, or one
+    /// built or installed since.
+    DurableState(Arc<ClusterState>),
+    /// The state machine applied the log up to `index`.
+    Applied {
+        state: Arc<ClusterState>,
+        index: u64,
+    },
     /// This member became or stopped being the leader.
     Leadership(bool),
     ProposalDone {
         token: u64,
         /// None: no answer (lost, timed out, no leader).
         result: Option<ApplyResult>,
+    },
+    /// A voter acknowledged one of this member's renewals.
+    RenewalAnswered {
+        from: NodeId,
+        ack: RenewalAck,
+    },
+    /// A voter answered one of this member's gate queries.
+    GateAnswered {
+        from: NodeId,
+        query: GateQuery,
+        answer: GateAnswer,
     },
     GroupStarted {
         group: GroupName,
@@ -46,6 +65,9 @@ pub enum Event {
         reason: String,
     },
     Shutdown,
+    /// This run's guard is in control of the node's resources (see
+    /// `AgentEvent::GuardReady`).
+    GuardReady,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -55,6 +77,11 @@ pub enum Action {
         token: u64,
         command: Command,
     },
+    /// Send the renewal to every other voter; answer each acknowledgement with
+    /// `Event::RenewalAnswered` (this member's own voter has answered already).
+    SendRenewal(Renewal),
+    /// Send the query to every other voter; answer with `Event::GateAnswered`.
+    SendGateQuery(GateQuery),
     /// Start the group's resources in order; answer with `Event::GroupStarted`.
     StartGroup {
         group: GroupName,
@@ -86,6 +113,7 @@ pub struct NodeEngine {
     pub me: NodeId,
     topo: Topology,
     agent: Agent,
+    voter: LeaseVoter,
     liveness: Liveness,
     placement: Placement,
     is_leader: bool,
@@ -100,6 +128,7 @@ impl NodeEngine {
         NodeEngine {
             me,
             agent: Agent::new(me, incarnation),
+            voter: LeaseVoter::new(now),
             liveness,
             placement: Placement::new(),
             is_leader: false,
@@ -127,6 +156,51 @@ impl NodeEngine {
     pub fn liveness(&self) -> &Liveness {
         &self.liveness
     }
+    pub fn voter(&self) -> &LeaseVoter {
+        &self.voter
+    }
+
+    /// What this member held durably when it started: its snapshot's state and
+    /// the commands in its log. Feeds only the lease voter (what it may no
+    /// longer grant), before the first event and before any renewal is answered.
+    pub fn restore_durable(
+        &mut self,
+        snapshot: Option<&ClusterState>,
+        log: impl IntoIterator<Item = Command>,
+    ) {
+        if let Some(state) = snapshot {
+            self.voter.on_durable_state(state);
+        }
+        for command in log {
+            self.voter.on_durable(&command);
+        }
+    }
+
+    /// A renewal from member `from` (authenticated by the transport). None: it
+    /// is not this cluster's, or comes from an earlier run of its daemon.
+    pub fn on_renewal(
+        &mut self,
+        from: NodeId,
+        renewal: &Renewal,
+        now: Millis,
+    ) -> Option<RenewalAck> {
+        if renewal.node != from || !self.topo.voters.contains(&from) {
+            return None;
+        }
+        let ack = self
+            .voter
+            .on_renewal(renewal, now, self.topo.gate_wait_ms)?;
+        self.liveness.renewed(from, now, self.topo.lease_ms);
+        Some(ack)
+    }
+
+    /// A gate query from member `from`.
+    pub fn on_gate_query(&self, from: NodeId, query: &GateQuery, now: Millis) -> GateAnswer {
+        if !self.topo.voters.contains(&from) {
+            return GateAnswer::NotYet;
+        }
+        self.voter.on_gate_query(query, now)
+    }
     pub fn is_leader(&self) -> bool {
         self.is_leader
     }
@@ -139,7 +213,7 @@ impl NodeEngine {
     /// conditions (failback stability, retries) are still checked.
     pub fn next_deadline(&self, now: Millis, max_idle: Millis) -> Millis {
         let mut next = now.saturating_add(max_idle);
-        if let Some(agent) = self.agent.next_deadline(&self.topo) {
+        if let Some(agent) = self.agent.next_deadline(now, &self.topo) {
             next = next.min(agent);
         }
         if self.is_leader {
@@ -173,17 +247,19 @@ impl NodeEngine {
     pub fn on_event(&mut self, event: Event, now: Millis) -> Vec<Action> {
         let mut out = Vec::new();
         let agent_event = match event {
-            Event::Tick => Some(AgentEvent::Tick),
+            Event::Tick => AgentEvent::Tick,
             Event::Appended(command) => {
-                if let Command::Renew { node, renewal } = command {
-                    self.liveness
-                        .renewal_appended(node, renewal, now, self.topo.lease_ms);
-                }
-                None
+                self.voter.on_durable(&command);
+                AgentEvent::Tick
             }
-            Event::Applied(state) => {
+            Event::DurableState(state) => {
+                self.voter.on_durable_state(&state);
+                AgentEvent::Tick
+            }
+            Event::Applied { state, index } => {
+                self.voter.on_applied(index);
                 self.state = state.clone();
-                Some(AgentEvent::Applied(state))
+                AgentEvent::Applied { state, index }
             }
             Event::Leadership(leading) => {
                 if leading != self.is_leader {
@@ -191,68 +267,93 @@ impl NodeEngine {
                     self.placement.set_leading_since(leading.then_some(now));
                 }
                 self.is_leader = leading;
-                None
+                AgentEvent::Tick
             }
             Event::ProposalDone { token, result } => match self.proposals.remove(&token) {
-                Some((Origin::Agent, command)) => {
-                    Some(AgentEvent::ProposalDone { command, result })
-                }
+                Some((Origin::Agent, command)) => AgentEvent::ProposalDone { command, result },
                 Some((Origin::Placement, command)) => {
-                    self.placement.on_result(
-                        &command,
-                        result.as_ref(),
-                        &self.state,
-                        &mut self.liveness,
-                        now,
-                    );
-                    None
+                    self.placement.on_result(&command);
+                    AgentEvent::Tick
                 }
-                None => None,
+                None => AgentEvent::Tick,
+            },
+            Event::RenewalAnswered { from, ack } => {
+                self.liveness.report(&ack.heard, now, self.topo.lease_ms);
+                AgentEvent::RenewalAnswered { from, ack }
+            }
+            Event::GateAnswered {
+                from,
+                query,
+                answer,
+            } => AgentEvent::GateAnswered {
+                from,
+                query,
+                answer,
             },
             Event::GroupStarted {
                 group,
                 epoch,
                 result,
-            } => Some(AgentEvent::GroupStarted {
+            } => AgentEvent::GroupStarted {
                 group,
                 epoch,
                 result,
-            }),
-            Event::GroupStopped { group, epoch } => Some(AgentEvent::GroupStopped { group, epoch }),
+            },
+            Event::GroupStopped { group, epoch } => AgentEvent::GroupStopped { group, epoch },
             Event::GroupStopFailed {
                 group,
                 epoch,
                 reason,
-            } => Some(AgentEvent::GroupStopFailed {
+            } => AgentEvent::GroupStopFailed {
                 group,
                 epoch,
                 reason,
-            }),
+            },
             Event::MonitorFailed {
                 group,
                 epoch,
                 reason,
-            } => Some(AgentEvent::MonitorFailed {
+            } => AgentEvent::MonitorFailed {
                 group,
                 epoch,
                 reason,
-            }),
-            Event::Shutdown => Some(AgentEvent::Shutdown),
+            },
+            Event::Shutdown => AgentEvent::Shutdown,
+            Event::GuardReady => AgentEvent::GuardReady,
         };
-        let agent_event = agent_event.unwrap_or(AgentEvent::Tick);
-        for action in self.agent.on_event(agent_event, now, &self.topo) {
-            match action {
-                AgentAction::Propose(command) => self.propose(Origin::Agent, command, &mut out),
-                AgentAction::StartGroup { group, epoch } => {
-                    out.push(Action::StartGroup { group, epoch })
+        // This member's own voter answers its renewals and gate queries at once;
+        // the answers go back into the agent before anything leaves.
+        let mut queue = std::collections::VecDeque::from([agent_event]);
+        while let Some(agent_event) = queue.pop_front() {
+            for action in self.agent.on_event(agent_event, now, &self.topo) {
+                match action {
+                    AgentAction::Propose(command) => self.propose(Origin::Agent, command, &mut out),
+                    AgentAction::Renew(renewal) => {
+                        if let Some(ack) = self.on_renewal(self.me, &renewal, now) {
+                            queue.push_back(AgentEvent::RenewalAnswered { from: self.me, ack });
+                        }
+                        out.push(Action::SendRenewal(renewal));
+                    }
+                    AgentAction::QueryGate(query) => {
+                        let answer = self.on_gate_query(self.me, &query, now);
+                        queue.push_back(AgentEvent::GateAnswered {
+                            from: self.me,
+                            query: query.clone(),
+                            answer,
+                        });
+                        out.push(Action::SendGateQuery(query));
+                    }
+                    AgentAction::StartGroup { group, epoch } => {
+                        out.push(Action::StartGroup { group, epoch })
+                    }
+                    AgentAction::StopGroup { group, epoch, kind } => {
+                        out.push(Action::StopGroup { group, epoch, kind })
+                    }
+                    AgentAction::GuardHold { group, until } => {
+                        out.push(Action::GuardHold { group, until })
+                    }
+                    AgentAction::GuardRelease { group } => out.push(Action::GuardRelease { group }),
                 }
-                AgentAction::StopGroup { group, epoch, kind } => {
-                    out.push(Action::StopGroup { group, epoch, kind })
-                }
-                AgentAction::GuardHold { group, until } => {
-                    out.push(Action::GuardHold { group, until })
-                }
-                AgentAction::GuardRelease { group } => out.push(Action::GuardRelease { group }),
             }
         }
         if self.is_leader {

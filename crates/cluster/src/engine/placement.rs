@@ -1,12 +1,15 @@
 //! The leader's placement decisions: where each group should run, when a silent
-//! owner's lease has certainly expired, and when to fail back.
+//! owner has been silent long enough that its groups should move, and when to
+//! fail back.
 //!
 //! Only the Raft leader runs this, but a deposed leader that still thinks it leads
-//! is harmless: every command it proposes is conditional (epochs, the owner's last
-//! renewal) and the log decides.
+//! is harmless: every command it proposes is conditional on the group's epoch and
+//! the log decides. Moving a group early would not run it twice either: the node
+//! that takes it starts only after the start gate (`crate::engine::lease`). The
+//! waits here only keep healthy owners from losing their groups.
 
 use crate::engine::liveness::Liveness;
-use crate::engine::state::{ApplyResult, ClusterState, Command, GroupState};
+use crate::engine::state::{ClusterState, Command, GroupState};
 use crate::engine::topology::{GroupSpec, Topology};
 use std::collections::BTreeMap;
 use uphold_core::{GroupName, Millis, NodeId};
@@ -45,39 +48,14 @@ impl Placement {
         self.leading_since = since;
     }
 
-    pub fn on_result(
-        &mut self,
-        command: &Command,
-        result: Option<&ApplyResult>,
-        state: &ClusterState,
-        liveness: &mut Liveness,
-        now: Millis,
-    ) {
-        let group = match command {
-            Command::Assign { group, .. }
-            | Command::RequestMove { group, .. }
-            | Command::ClearFailures { group, .. } => group,
-            _ => return,
-        };
-        self.inflight.remove(group);
-        if let (
-            Command::Assign {
-                owner_last_renewal, ..
-            },
-            Some(ApplyResult::Rejected(_)),
-        ) = (command, result)
+    /// A proposal of ours was answered (or given up): the group may be decided
+    /// again.
+    pub fn on_result(&mut self, command: &Command) {
+        if let Command::Assign { group, .. }
+        | Command::RequestMove { group, .. }
+        | Command::ClearFailures { group, .. } = command
         {
-            // We named a renewal that is not the owner's latest in the log (it was
-            // truncated, or predates our restart). Take the log's and wait a full
-            // lease again from now.
-            if let Some(owner) = state.groups.get(group).and_then(|g| g.owner) {
-                let named_still_latest =
-                    liveness.get(owner).and_then(|s| s.renewal) == *owner_last_renewal;
-                let committed = state.last_renewal.get(&owner).copied();
-                if named_still_latest && committed != *owner_last_renewal {
-                    liveness.correct(owner, committed, now);
-                }
-            }
+            self.inflight.remove(group);
         }
     }
 
@@ -172,7 +150,6 @@ impl Placement {
                         group: spec.name.clone(),
                         node: target,
                         epoch: gs.epoch,
-                        owner_last_renewal: liveness.get(owner).and_then(|s| s.renewal),
                     });
                 }
                 if gs.move_to.is_some() {
@@ -223,7 +200,6 @@ impl Placement {
                         group: spec.name.clone(),
                         node: Some(node),
                         epoch: gs.epoch,
-                        owner_last_renewal: None,
                     });
                 }
                 // Every live candidate has failed here: after a pause, try again.

@@ -6,12 +6,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use uphold_core::{GroupName, NodeId};
 
-/// Identifies one renewal: the process incarnation that sent it and its sequence
-/// number within that incarnation. Incarnations of one node only grow (a counter
-/// kept in its state directory), so the log can tell an earlier run's delayed
-/// messages from the current run's. Only the sending process can turn it into a
-/// lease (it alone knows when it sent it); everyone else uses it as a liveness
-/// token and as the guard on reassignment.
+/// Identifies one lease renewal: the process incarnation that sent it and its
+/// sequence number within that incarnation. Incarnations of one node only grow
+/// (a counter kept in its state directory), so members can tell an earlier run's
+/// delayed messages from the current run's. Renewals are not logged: see
+/// `crate::engine::lease`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RenewalId {
     pub incarnation: u64,
@@ -31,6 +30,9 @@ pub enum ReleaseReason {
     MonitorFailed(String),
     /// A resource failed to start on the owner.
     StartFailed(String),
+    /// A quorum refused to renew the owner's claim on the group: the log has moved
+    /// (or is moving) it elsewhere, so the owner stopped it.
+    Fenced,
 }
 
 impl std::fmt::Display for ReleaseReason {
@@ -41,6 +43,7 @@ impl std::fmt::Display for ReleaseReason {
             ReleaseReason::NotConfigured => f.write_str("not in the owner's config"),
             ReleaseReason::MonitorFailed(why) => write!(f, "monitor failed: {why}"),
             ReleaseReason::StartFailed(why) => write!(f, "start failed: {why}"),
+            ReleaseReason::Fenced => f.write_str("lease refused by a quorum"),
         }
     }
 }
@@ -55,25 +58,27 @@ impl ReleaseReason {
     }
 }
 
-/// A log entry's payload.
+/// A log entry's payload. Only what must survive a crash is logged: who runs the
+/// daemon on each node (its incarnation), where each group is placed, and admin
+/// requests. Leases are renewed in memory (`crate::engine::lease`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// A node proves it is alive and in contact with the quorum. Committing it
-    /// extends the node's lease on the groups it owns at this point of the log.
-    Renew { node: NodeId, renewal: RenewalId },
+    /// A new run of `node`'s daemon announces itself before it starts or releases
+    /// anything, so that a delayed release of an earlier run is refused.
+    Join { node: NodeId, incarnation: u64 },
     /// The leader places `group` on `node` (or on nobody). Accepted only if the
-    /// group is still at `epoch` and, when it takes the group from a live-looking
-    /// owner, only if that owner has not renewed since `owner_last_renewal`, the
-    /// renewal whose lease the leader waited out.
+    /// group is still at `epoch`. When it takes the group from an owner that did
+    /// not release it, the new owner starts only after every lease the old owner
+    /// may hold on the group has certainly expired (the start gate of
+    /// `crate::engine::lease`), so the log need not know about leases.
     Assign {
         group: GroupName,
         node: Option<NodeId>,
         epoch: u64,
-        owner_last_renewal: Option<RenewalId>,
     },
     /// The owner has stopped the group (all resources down) and gives it up.
     /// Accepted only from the owner's current incarnation (that of its latest
-    /// renewal): a release sent by a daemon that has since crashed and restarted
+    /// `Join`): a release sent by a daemon that has since crashed and restarted
     /// must not take the group from the new daemon, which may be running it.
     Release {
         group: GroupName,
@@ -126,9 +131,10 @@ pub struct Transition {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub groups: BTreeMap<GroupName, GroupState>,
-    pub last_renewal: BTreeMap<NodeId, RenewalId>,
+    /// The incarnation of each node's daemon, from its latest `Join`.
+    pub incarnations: BTreeMap<NodeId, u64>,
     /// Nodes whose daemon is shutting down (it released a group for that reason):
-    /// no group is placed on them until a new run of the daemon renews.
+    /// no group is placed on them until a new run of the daemon joins.
     #[serde(default)]
     pub leaving: BTreeSet<NodeId>,
 }
@@ -150,44 +156,31 @@ impl ClusterState {
 
     pub fn apply(&mut self, command: &Command) -> ApplyResult {
         match command {
-            Command::Renew { node, renewal } => {
-                let previous = self.last_renewal.get(node).copied();
-                if previous.is_some_and(|p| p.incarnation > renewal.incarnation) {
+            Command::Join { node, incarnation } => {
+                let previous = self.incarnations.get(node).copied();
+                if previous.is_some_and(|p| p > *incarnation) {
                     // Sent by an earlier run of the daemon and delayed on the way:
-                    // it must not make that run look current again (its releases
-                    // would then be accepted while the new run holds the group).
+                    // it must not make that run current again (its releases would
+                    // then be accepted while the new run holds the group).
                     return ApplyResult::Rejected(format!(
-                        "renewal of node {node} comes from an earlier run of its daemon"
+                        "join of node {node} comes from an earlier run of its daemon"
                     ));
                 }
-                self.last_renewal.insert(*node, *renewal);
-                if previous.is_some_and(|p| p.incarnation != renewal.incarnation) {
+                self.incarnations.insert(*node, *incarnation);
+                if previous != Some(*incarnation) {
                     self.leaving.remove(node);
                 }
                 ApplyResult::Applied
             }
-            Command::Assign {
-                group,
-                node,
-                epoch,
-                owner_last_renewal,
-            } => {
+            Command::Assign { group, node, epoch } => {
                 let state = self.groups.entry(group.clone()).or_default();
                 if state.epoch != *epoch {
                     return stale(group, state.epoch, *epoch);
                 }
-                if let Some(owner) = state.owner {
-                    if Some(owner) == *node {
-                        return ApplyResult::Rejected(format!(
-                            "group {group} is already on node {owner}"
-                        ));
-                    }
-                    let latest = self.last_renewal.get(&owner).copied();
-                    if latest != *owner_last_renewal {
-                        return ApplyResult::Rejected(format!(
-                            "owner {owner} of group {group} renewed since the leader judged it gone"
-                        ));
-                    }
+                if let Some(owner) = state.owner.filter(|owner| Some(*owner) == *node) {
+                    return ApplyResult::Rejected(format!(
+                        "group {group} is already on node {owner}"
+                    ));
                 }
                 let reason = if state.owner.is_some() {
                     "owner's lease expired"
@@ -214,7 +207,7 @@ impl ClusterState {
                 incarnation,
                 reason,
             } => {
-                let current = self.last_renewal.get(node).map(|r| r.incarnation);
+                let current = self.incarnations.get(node).copied();
                 if current != Some(*incarnation) {
                     return ApplyResult::Rejected(format!(
                         "release of group {group} by node {node} comes from an earlier run of its daemon"

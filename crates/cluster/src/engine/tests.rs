@@ -1,4 +1,5 @@
-//! Unit tests of the engines' actions, event by event, without I/O.
+//! Unit tests of the engines' actions, event by event, without I/O. Each test
+//! asserts the whole list of actions an event produces.
 
 use super::*;
 use std::sync::Arc;
@@ -8,11 +9,15 @@ const A: u64 = 1;
 const B: u64 = 2;
 const C: u64 = 3;
 const W: u64 = 9;
+/// Agent A's daemon run.
+const INC: u64 = 7;
 
 fn web() -> GroupName {
     GroupName::new("web").unwrap()
 }
 
+/// lease 800 ms, renew 200 ms, drift 1%: stop margin 100 ms, leader wait
+/// 808 ms, gate wait 817 ms.
 fn topo(failback: bool) -> Topology {
     Topology::with_timing(
         vec![A, B, C],
@@ -27,267 +32,434 @@ fn topo(failback: bool) -> Topology {
     )
 }
 
-fn renewal(seq: u64) -> RenewalId {
-    RenewalId {
-        incarnation: 7,
-        seq,
-    }
-}
-
-fn owned_by(node: u64, epoch: u64) -> Arc<ClusterState> {
+/// `web` owned by `owner` at `epoch`, and agent A's run joined.
+fn owned_by(owner: u64, epoch: u64) -> Arc<ClusterState> {
     let mut state = ClusterState::default();
     state.groups.insert(
         web(),
         GroupState {
-            owner: Some(node),
+            owner: Some(owner),
             epoch,
             ..Default::default()
         },
     );
+    state.incarnations.insert(A, INC);
     Arc::new(state)
 }
 
-fn renew_seq(actions: &[AgentAction]) -> Option<u64> {
-    actions.iter().find_map(|a| match a {
-        AgentAction::Propose(Command::Renew { renewal, .. }) => Some(renewal.seq),
-        _ => None,
+fn claim(epoch: u64) -> Claim {
+    Claim {
+        group: web(),
+        epoch,
+    }
+}
+
+fn renewal_of_a(seq: u64, claims: Vec<Claim>, withdrawn: Vec<Claim>) -> AgentAction {
+    AgentAction::Renew(Renewal {
+        node: A,
+        id: RenewalId {
+            incarnation: INC,
+            seq,
+        },
+        claims,
+        withdrawn,
     })
 }
 
-/// The renewal `seq` of node A is applied in A's copy of the state, which
-/// assigns `web` to `owner` at epoch 1 (None: the log never mentioned it).
-fn apply_renewal(
-    agent: &mut Agent,
-    seq: u64,
-    owner: Option<u64>,
-    now: u64,
-    topo: &Topology,
-) -> Vec<AgentAction> {
-    let mut state = match owner {
-        Some(node) => (*owned_by(node, 1)).clone(),
-        None => ClusterState::default(),
-    };
-    state.apply(&Command::Renew {
-        node: A,
-        renewal: renewal(seq),
-    });
-    agent.on_event(AgentEvent::Applied(Arc::new(state)), now, topo)
+fn ack(seq: u64, refused: Vec<GroupName>) -> RenewalAck {
+    RenewalAck {
+        id: RenewalId {
+            incarnation: INC,
+            seq,
+        },
+        refused,
+        heard: Vec::new(),
+    }
 }
 
-/// An agent on node A that owns `web` at epoch 1 and has a lease from a renewal
-/// sent at t=0 and committed at t=10; the group is running.
-fn running_agent(topo: &Topology) -> Agent {
-    let mut agent = Agent::new(A, 7);
-    let first = agent.on_event(AgentEvent::Tick, 0, topo);
-    let seq = renew_seq(&first).unwrap();
-    let actions = apply_renewal(&mut agent, seq, Some(A), 20, topo);
-    assert!(actions.contains(&AgentAction::StartGroup {
+fn query(epoch: u64, applied_index: u64) -> GateQuery {
+    GateQuery {
         group: web(),
-        epoch: 1
-    }));
+        epoch,
+        applied_index,
+    }
+}
+
+/// Agent A, joined, owning `web` at epoch 1, running since t=13 with a claim
+/// granted until 810 (renewal 2 sent at 10).
+fn running_agent(topo: &Topology) -> Agent {
+    let mut agent = Agent::new(A, INC);
+    agent.on_event(AgentEvent::GuardReady, 0, topo);
+    agent.on_event(
+        AgentEvent::Applied {
+            state: owned_by(A, 1),
+            index: 5,
+        },
+        10,
+        topo,
+    );
+    for from in [A, B] {
+        agent.on_event(
+            AgentEvent::GateAnswered {
+                from,
+                query: query(1, 5),
+                answer: GateAnswer::Fenced { since_ms: 5000 },
+            },
+            12,
+            topo,
+        );
+    }
+    agent.on_event(
+        AgentEvent::RenewalAnswered {
+            from: A,
+            ack: ack(2, vec![]),
+        },
+        13,
+        topo,
+    );
+    let started = agent.on_event(
+        AgentEvent::RenewalAnswered {
+            from: B,
+            ack: ack(2, vec![]),
+        },
+        13,
+        topo,
+    );
+    assert_eq!(
+        started,
+        vec![
+            AgentAction::GuardHold {
+                group: web(),
+                until: 760
+            },
+            AgentAction::StartGroup {
+                group: web(),
+                epoch: 1
+            },
+        ]
+    );
     agent.on_event(
         AgentEvent::GroupStarted {
             group: web(),
             epoch: 1,
             result: Ok(()),
         },
-        30,
+        60,
         topo,
     );
-    assert_eq!(agent.phase(&web()), Some(&GroupPhase::Running));
     agent
 }
 
 #[test]
-fn agent_starts_only_with_ownership_and_a_committed_lease() {
+fn agent_joins_renews_and_starts_only_with_a_granted_claim_and_an_open_gate() {
     let topo = topo(false);
-    let mut agent = Agent::new(A, 7);
-    let actions = agent.on_event(AgentEvent::Applied(owned_by(A, 1)), 0, &topo);
-    assert!(renew_seq(&actions).is_some(), "renews at once");
-    assert!(
-        !actions
-            .iter()
-            .any(|a| matches!(a, AgentAction::StartGroup { .. })),
-        "no lease yet, so no start: {actions:?}"
+    let mut agent = Agent::new(A, INC);
+    assert_eq!(
+        agent.on_event(AgentEvent::GuardReady, 0, &topo),
+        vec![
+            AgentAction::Propose(Command::Join {
+                node: A,
+                incarnation: INC
+            }),
+            renewal_of_a(1, vec![], vec![]),
+        ]
     );
-    let actions = apply_renewal(&mut agent, 1, Some(A), 50, &topo);
-    // The guard must know the deadline before anything starts; it acts half
-    // the stop margin (100 ms) before the lease ends at 800.
-    let hold = actions
-        .iter()
-        .position(|a| matches!(a, AgentAction::GuardHold { until: 750, .. }));
-    let start = actions
-        .iter()
-        .position(|a| matches!(a, AgentAction::StartGroup { epoch: 1, .. }));
-    assert!(
-        hold.is_some() && start.is_some() && hold < start,
-        "{actions:?}"
+    // The log gives A the group: claim it at once and ask the gate.
+    assert_eq!(
+        agent.on_event(
+            AgentEvent::Applied {
+                state: owned_by(A, 1),
+                index: 5
+            },
+            10,
+            &topo
+        ),
+        vec![
+            AgentAction::QueryGate(query(1, 5)),
+            renewal_of_a(2, vec![claim(1)], vec![]),
+        ]
+    );
+    assert_eq!(agent.phase(&web()), Some(&GroupPhase::Waiting));
+    // B granted a claim on an earlier epoch 100 ms ago: with A's answer that
+    // majority opens the gate 817 - 100 ms from now...
+    for (from, since_ms) in [(A, 5000), (B, 100)] {
+        let actions = agent.on_event(
+            AgentEvent::GateAnswered {
+                from,
+                query: query(1, 5),
+                answer: GateAnswer::Fenced { since_ms },
+            },
+            12,
+            &topo,
+        );
+        assert_eq!(actions, vec![]);
+    }
+    // ...but C's answer makes a majority {A, C} that opens it now. Still no
+    // claim granted, so nothing starts.
+    let actions = agent.on_event(
+        AgentEvent::GateAnswered {
+            from: C,
+            query: query(1, 5),
+            answer: GateAnswer::Fenced { since_ms: 5000 },
+        },
+        12,
+        &topo,
+    );
+    assert_eq!(actions, vec![]);
+    // A's own voter and B grant renewal 2 (sent at 10): claim until 810.
+    let actions = agent.on_event(
+        AgentEvent::RenewalAnswered {
+            from: A,
+            ack: ack(2, vec![]),
+        },
+        13,
+        &topo,
+    );
+    assert_eq!(actions, vec![]);
+    let actions = agent.on_event(
+        AgentEvent::RenewalAnswered {
+            from: B,
+            ack: ack(2, vec![]),
+        },
+        13,
+        &topo,
     );
     assert_eq!(
-        agent.lease_until(),
-        800,
-        "lease runs from the send time, not the commit"
+        actions,
+        vec![
+            AgentAction::GuardHold {
+                group: web(),
+                until: 760
+            },
+            AgentAction::StartGroup {
+                group: web(),
+                epoch: 1
+            },
+        ]
     );
+    assert_eq!(agent.claim_until(&web()), Some(810));
 }
 
 #[test]
-fn agent_counts_only_its_own_incarnations_renewals_once_applied() {
+fn agent_does_not_start_before_its_join_is_in_the_log() {
     let topo = topo(false);
-    let mut agent = Agent::new(A, 7);
-    agent.on_event(AgentEvent::Tick, 0, &topo);
-    // The leader's answer alone grants nothing.
-    agent.on_event(
-        AgentEvent::ProposalDone {
-            command: Command::Renew {
-                node: A,
-                renewal: renewal(1),
-            },
-            result: Some(ApplyResult::Applied),
-        },
-        5,
-        &topo,
-    );
-    assert_eq!(agent.lease_until(), 0);
-    // A renewal of an earlier run of the daemon, replayed from the log, neither.
+    let mut agent = Agent::new(A, INC);
+    agent.on_event(AgentEvent::GuardReady, 0, &topo);
     let mut state = (*owned_by(A, 1)).clone();
-    state.apply(&Command::Renew {
-        node: A,
-        renewal: RenewalId {
-            incarnation: 6,
-            seq: 1,
+    state.incarnations.insert(A, INC - 1);
+    agent.on_event(
+        AgentEvent::Applied {
+            state: Arc::new(state),
+            index: 5,
         },
-    });
-    let actions = agent.on_event(AgentEvent::Applied(Arc::new(state)), 6, &topo);
-    assert_eq!(agent.lease_until(), 0);
-    assert!(!actions
-        .iter()
-        .any(|a| matches!(a, AgentAction::StartGroup { .. })));
-}
-
-#[test]
-fn restarted_agent_does_not_start_from_a_stale_view() {
-    // Regression: a restarted daemon replays its log and briefly sees itself as the
-    // owner of a group that has since moved. Its fresh renewal commits (through the
-    // leader) before it has applied the move; it must not start the group.
-    let topo = topo(false);
-    let mut agent = Agent::new(A, 7);
-    let stale = owned_by(A, 1);
-    let actions = agent.on_event(AgentEvent::Applied(stale), 0, &topo);
-    let seq = renew_seq(&actions).unwrap();
-    let actions = agent.on_event(
-        AgentEvent::ProposalDone {
-            command: Command::Renew {
-                node: A,
-                renewal: renewal(seq),
-            },
-            result: Some(ApplyResult::Applied),
-        },
-        30,
+        10,
         &topo,
     );
-    assert!(!actions
-        .iter()
-        .any(|a| matches!(a, AgentAction::StartGroup { .. })));
-    // Applying up to the renewal shows the group moved to B.
-    let actions = apply_renewal(&mut agent, seq, Some(B), 60, &topo);
-    assert!(agent.lease_until() > 60);
-    assert!(!actions
-        .iter()
-        .any(|a| matches!(a, AgentAction::StartGroup { .. })));
+    for from in [A, B] {
+        agent.on_event(
+            AgentEvent::GateAnswered {
+                from,
+                query: query(1, 5),
+                answer: GateAnswer::Fenced { since_ms: 5000 },
+            },
+            12,
+            &topo,
+        );
+        let actions = agent.on_event(
+            AgentEvent::RenewalAnswered {
+                from,
+                ack: ack(2, vec![]),
+            },
+            13,
+            &topo,
+        );
+        assert_eq!(actions, vec![]);
+    }
+    // The Join arrives: now it starts.
+    let actions = agent.on_event(
+        AgentEvent::Applied {
+            state: owned_by(A, 1),
+            index: 6,
+        },
+        20,
+        &topo,
+    );
+    assert_eq!(
+        actions,
+        vec![
+            AgentAction::GuardHold {
+                group: web(),
+                until: 760
+            },
+            AgentAction::StartGroup {
+                group: web(),
+                epoch: 1
+            },
+        ]
+    );
 }
 
 #[test]
-fn agent_stops_in_emergency_before_the_lease_ends() {
+fn agent_starts_nothing_while_an_earlier_runs_guard_is_undoing() {
+    let topo = topo(false);
+    let mut agent = Agent::new(A, INC);
+    agent.on_event(AgentEvent::Tick, 0, &topo);
+    agent.on_event(
+        AgentEvent::Applied {
+            state: owned_by(A, 1),
+            index: 5,
+        },
+        10,
+        &topo,
+    );
+    for from in [A, B] {
+        agent.on_event(
+            AgentEvent::GateAnswered {
+                from,
+                query: query(1, 5),
+                answer: GateAnswer::Fenced { since_ms: 5000 },
+            },
+            12,
+            &topo,
+        );
+        let actions = agent.on_event(
+            AgentEvent::RenewalAnswered {
+                from,
+                ack: ack(2, vec![]),
+            },
+            13,
+            &topo,
+        );
+        assert_eq!(actions, vec![]);
+    }
+    // The group stays claimed here (no move) until the old guard is done.
+    assert_eq!(agent.phase(&web()), Some(&GroupPhase::Waiting));
+    assert_eq!(
+        agent.on_event(AgentEvent::GuardReady, 300, &topo),
+        vec![
+            AgentAction::GuardHold {
+                group: web(),
+                until: 760
+            },
+            AgentAction::StartGroup {
+                group: web(),
+                epoch: 1
+            },
+            renewal_of_a(3, vec![claim(1)], vec![]),
+        ]
+    );
+}
+
+#[test]
+fn agent_extends_the_guard_as_claims_are_granted_and_stops_before_they_end() {
     let topo = topo(false);
     let mut agent = running_agent(&topo);
-    // No renewal commits after the first: lease ends at 800, margin 100.
-    let before = agent.on_event(AgentEvent::Tick, 699, &topo);
-    assert!(!before
-        .iter()
-        .any(|a| matches!(a, AgentAction::StopGroup { .. })));
-    let at = agent.on_event(AgentEvent::Tick, 700, &topo);
-    assert!(
-        at.contains(&AgentAction::StopGroup {
+    // Renewal 3 at 210, granted by B: the claim and the guard move on.
+    assert_eq!(
+        agent.on_event(AgentEvent::Tick, 210, &topo),
+        vec![renewal_of_a(3, vec![claim(1)], vec![])]
+    );
+    agent.on_event(
+        AgentEvent::RenewalAnswered {
+            from: A,
+            ack: ack(3, vec![]),
+        },
+        211,
+        &topo,
+    );
+    let actions = agent.on_event(
+        AgentEvent::RenewalAnswered {
+            from: B,
+            ack: ack(3, vec![]),
+        },
+        212,
+        &topo,
+    );
+    assert_eq!(
+        actions,
+        vec![AgentAction::GuardHold {
+            group: web(),
+            until: 960
+        }]
+    );
+    // Nothing answers any more: at 910 the claim (until 1010) is within the
+    // stop margin, and the group goes down, addresses first.
+    let actions = agent.on_event(AgentEvent::Tick, 910, &topo);
+    assert_eq!(
+        actions,
+        vec![
+            AgentAction::StopGroup {
+                group: web(),
+                epoch: 1,
+                kind: StopKind::Emergency
+            },
+            renewal_of_a(4, vec![claim(1)], vec![]),
+        ]
+    );
+}
+
+#[test]
+fn a_claim_refused_by_a_majority_stops_the_group_and_hands_it_back() {
+    let topo = topo(false);
+    let mut agent = running_agent(&topo);
+    agent.on_event(AgentEvent::Tick, 210, &topo);
+    // B refuses: a minority, the group stays.
+    let actions = agent.on_event(
+        AgentEvent::RenewalAnswered {
+            from: B,
+            ack: ack(3, vec![web()]),
+        },
+        211,
+        &topo,
+    );
+    assert_eq!(actions, vec![]);
+    // C refuses too: no majority can grant epoch 1 any more.
+    let actions = agent.on_event(
+        AgentEvent::RenewalAnswered {
+            from: C,
+            ack: ack(3, vec![web()]),
+        },
+        212,
+        &topo,
+    );
+    assert_eq!(
+        actions,
+        vec![AgentAction::StopGroup {
             group: web(),
             epoch: 1,
             kind: StopKind::Emergency
-        }),
-        "{at:?}"
+        }]
     );
-    // Once stopped it releases the guard but proposes nothing: it has no lease.
-    let after = agent.on_event(
-        AgentEvent::GroupStopped {
-            group: web(),
-            epoch: 1,
-        },
-        610,
-        &topo,
-    );
-    assert!(after.contains(&AgentAction::GuardRelease { group: web() }));
-    assert!(!after
-        .iter()
-        .any(|a| matches!(a, AgentAction::Propose(Command::Release { .. }))));
-}
-
-#[test]
-fn agent_extends_the_guard_deadline_as_renewals_commit() {
-    let topo = topo(false);
-    let mut agent = running_agent(&topo);
-    let actions = agent.on_event(AgentEvent::Tick, 200, &topo);
-    let seq = renew_seq(&actions).expect("renews every 200 ms");
-    let actions = apply_renewal(&mut agent, seq, Some(A), 210, &topo);
-    assert!(
-        actions.contains(&AgentAction::GuardHold {
-            group: web(),
-            until: 950
-        }),
-        "{actions:?}"
-    );
-}
-
-#[test]
-fn agent_moves_group_away_after_monitor_failure() {
-    let topo = topo(false);
-    let mut agent = running_agent(&topo);
-    let actions = agent.on_event(
-        AgentEvent::MonitorFailed {
-            group: web(),
-            epoch: 1,
-            reason: "exec web: exit 1".into(),
-        },
-        100,
-        &topo,
-    );
-    assert!(actions.contains(&AgentAction::StopGroup {
-        group: web(),
-        epoch: 1,
-        kind: StopKind::Orderly
-    }));
+    // Stopped: the guard lets go, the claim is withdrawn, the group released.
     let actions = agent.on_event(
         AgentEvent::GroupStopped {
             group: web(),
             epoch: 1,
         },
-        150,
+        230,
         &topo,
     );
-    assert!(actions.contains(&AgentAction::Propose(Command::Release {
-        group: web(),
-        node: A,
-        epoch: 1,
-        incarnation: 7,
-        reason: ReleaseReason::MonitorFailed("exec web: exit 1".into()),
-    })));
+    assert_eq!(
+        actions,
+        vec![
+            AgentAction::GuardRelease { group: web() },
+            AgentAction::Propose(Command::Release {
+                group: web(),
+                node: A,
+                epoch: 1,
+                incarnation: INC,
+                reason: ReleaseReason::Fenced,
+            }),
+            renewal_of_a(4, vec![], vec![claim(1)]),
+        ]
+    );
 }
 
 #[test]
-fn agent_does_not_restart_a_group_it_gave_up_while_the_release_is_pending() {
-    // Regression (simulation seed 26): after a failed monitor the group was
-    // stopped and released, and restarted in the same step because the log still
-    // named this node owner until the release committed.
+fn agent_moves_group_away_after_monitor_failure_and_never_restarts_it_there() {
     let topo = topo(false);
     let mut agent = running_agent(&topo);
-    agent.on_event(
+    let actions = agent.on_event(
         AgentEvent::MonitorFailed {
             group: web(),
             epoch: 1,
@@ -296,6 +468,21 @@ fn agent_does_not_restart_a_group_it_gave_up_while_the_release_is_pending() {
         100,
         &topo,
     );
+    assert_eq!(
+        actions,
+        vec![AgentAction::StopGroup {
+            group: web(),
+            epoch: 1,
+            kind: StopKind::Orderly
+        }]
+    );
+    let release = Command::Release {
+        group: web(),
+        node: A,
+        epoch: 1,
+        incarnation: INC,
+        reason: ReleaseReason::MonitorFailed("down".into()),
+    };
     let actions = agent.on_event(
         AgentEvent::GroupStopped {
             group: web(),
@@ -304,142 +491,358 @@ fn agent_does_not_restart_a_group_it_gave_up_while_the_release_is_pending() {
         150,
         &topo,
     );
-    assert!(
-        !actions
-            .iter()
-            .any(|a| matches!(a, AgentAction::StartGroup { .. })),
-        "{actions:?}"
+    assert_eq!(
+        actions,
+        vec![
+            AgentAction::GuardRelease { group: web() },
+            AgentAction::Propose(release.clone()),
+            renewal_of_a(3, vec![], vec![claim(1)]),
+        ]
     );
-    // The release gets no answer: it is proposed again, and the group stays down.
-    let release = Command::Release {
-        group: web(),
-        node: A,
-        epoch: 1,
-        incarnation: 7,
-        reason: ReleaseReason::MonitorFailed("down".into()),
-    };
+    // The release got no answer; the log still names A at epoch 1. A proposes
+    // it again and never starts the group again.
     let actions = agent.on_event(
         AgentEvent::ProposalDone {
             command: release.clone(),
             result: None,
         },
-        400,
+        200,
         &topo,
     );
-    assert!(
-        actions.contains(&AgentAction::Propose(release)),
-        "{actions:?}"
+    assert_eq!(actions, vec![AgentAction::Propose(release)]);
+    assert_eq!(
+        agent.on_event(AgentEvent::Tick, 400, &topo),
+        vec![renewal_of_a(4, vec![], vec![claim(1)])]
     );
-    let actions = agent.on_event(AgentEvent::Tick, 1200, &topo);
-    assert!(!actions
-        .iter()
-        .any(|a| matches!(a, AgentAction::StartGroup { .. })));
+    assert_eq!(agent.phase(&web()), None);
 }
 
 #[test]
 fn a_failed_stop_keeps_the_group_and_retries_instead_of_releasing() {
-    // Review finding: a stop that failed (address still up, service still
-    // running) must not be followed by a release, or another node would start
-    // the group at once.
     let topo = topo(false);
     let mut agent = running_agent(&topo);
-    agent.on_event(
-        AgentEvent::MonitorFailed {
-            group: web(),
-            epoch: 1,
-            reason: "down".into(),
-        },
-        100,
-        &topo,
-    );
+    agent.on_event(AgentEvent::Shutdown, 100, &topo);
     let actions = agent.on_event(
         AgentEvent::GroupStopFailed {
             group: web(),
             epoch: 1,
-            reason: "stop command exited 1".into(),
+            reason: "stop timed out".into(),
         },
-        150,
+        120,
         &topo,
     );
-    assert!(
-        !actions.iter().any(|a| matches!(
-            a,
-            AgentAction::Propose(Command::Release { .. }) | AgentAction::GuardRelease { .. }
-        )),
-        "{actions:?}"
+    assert_eq!(actions, vec![]);
+    let actions = agent.on_event(AgentEvent::Tick, 1120, &topo);
+    assert_eq!(
+        actions,
+        vec![
+            AgentAction::StopGroup {
+                group: web(),
+                epoch: 1,
+                kind: StopKind::Orderly
+            },
+            renewal_of_a(3, vec![claim(1)], vec![]),
+        ]
     );
-    let actions = agent.on_event(AgentEvent::Tick, 1150, &topo);
-    assert!(
-        actions.contains(&AgentAction::StopGroup {
-            group: web(),
-            epoch: 1,
-            kind: StopKind::Orderly
-        }),
-        "retried after a second: {actions:?}"
-    );
-}
-
-#[test]
-fn agent_stops_when_the_log_moves_the_group() {
-    let topo = topo(false);
-    let mut agent = running_agent(&topo);
-    let actions = agent.on_event(AgentEvent::Applied(owned_by(B, 2)), 100, &topo);
-    assert!(actions.contains(&AgentAction::StopGroup {
-        group: web(),
-        epoch: 1,
-        kind: StopKind::Emergency
-    }));
 }
 
 #[test]
 fn agent_hands_groups_back_on_shutdown() {
     let topo = topo(false);
     let mut agent = running_agent(&topo);
-    let actions = agent.on_event(AgentEvent::Shutdown, 100, &topo);
-    assert!(actions.contains(&AgentAction::StopGroup {
-        group: web(),
-        epoch: 1,
-        kind: StopKind::Orderly
-    }));
-    assert!(!agent.is_done());
+    assert_eq!(
+        agent.on_event(AgentEvent::Shutdown, 100, &topo),
+        vec![AgentAction::StopGroup {
+            group: web(),
+            epoch: 1,
+            kind: StopKind::Orderly
+        }]
+    );
     let actions = agent.on_event(
         AgentEvent::GroupStopped {
             group: web(),
             epoch: 1,
         },
-        120,
+        150,
         &topo,
     );
-    let release = Command::Release {
+    assert_eq!(
+        actions,
+        vec![
+            AgentAction::GuardRelease { group: web() },
+            AgentAction::Propose(Command::Release {
+                group: web(),
+                node: A,
+                epoch: 1,
+                incarnation: INC,
+                reason: ReleaseReason::Shutdown,
+            }),
+            renewal_of_a(3, vec![], vec![claim(1)]),
+        ]
+    );
+    assert!(!agent.is_done());
+    let mut released = (*owned_by(A, 1)).clone();
+    released.apply(&Command::Release {
         group: web(),
         node: A,
         epoch: 1,
-        incarnation: 7,
+        incarnation: INC,
         reason: ReleaseReason::Shutdown,
-    };
-    assert!(actions.contains(&AgentAction::Propose(release.clone())));
-    let mut state = (*owned_by(A, 1)).clone();
-    state.apply(&Command::Renew {
-        node: A,
-        renewal: renewal(1),
     });
-    assert_eq!(state.apply(&release), ApplyResult::Applied);
-    agent.on_event(AgentEvent::Applied(Arc::new(state)), 130, &topo);
+    agent.on_event(
+        AgentEvent::Applied {
+            state: Arc::new(released),
+            index: 7,
+        },
+        160,
+        &topo,
+    );
     assert!(agent.is_done());
 }
 
 #[test]
-fn witness_never_renews_or_starts() {
+fn a_waiting_group_the_log_moves_away_is_dropped_without_a_stop() {
     let topo = topo(false);
-    let mut agent = Agent::new(W, 1);
-    let actions = agent.on_event(AgentEvent::Applied(owned_by(W, 1)), 0, &topo);
-    assert!(actions.is_empty(), "{actions:?}");
+    let mut agent = Agent::new(A, INC);
+    agent.on_event(AgentEvent::GuardReady, 0, &topo);
+    agent.on_event(
+        AgentEvent::Applied {
+            state: owned_by(A, 1),
+            index: 5,
+        },
+        10,
+        &topo,
+    );
+    let actions = agent.on_event(
+        AgentEvent::Applied {
+            state: owned_by(B, 2),
+            index: 6,
+        },
+        20,
+        &topo,
+    );
+    assert_eq!(actions, vec![]);
+    assert_eq!(agent.phase(&web()), None);
 }
+
+#[test]
+fn witness_renews_but_never_joins_or_starts() {
+    let topo = topo(false).with_witnesses(&[W]);
+    let mut agent = Agent::new(W, 1);
+    let mut state = (*owned_by(W, 1)).clone();
+    state.incarnations.insert(W, 1);
+    let actions = agent.on_event(
+        AgentEvent::Applied {
+            state: Arc::new(state),
+            index: 3,
+        },
+        0,
+        &topo,
+    );
+    assert_eq!(
+        actions,
+        vec![AgentAction::Renew(Renewal {
+            node: W,
+            id: RenewalId {
+                incarnation: 1,
+                seq: 1
+            },
+            claims: vec![],
+            withdrawn: vec![],
+        })]
+    );
+}
+
+// ----- the voter -----
+
+fn renewal(node: u64, incarnation: u64, seq: u64, claims: Vec<Claim>) -> Renewal {
+    Renewal {
+        node,
+        id: RenewalId { incarnation, seq },
+        claims,
+        withdrawn: vec![],
+    }
+}
+
+#[test]
+fn voter_refuses_claims_on_epochs_its_log_has_ended_and_reports_whom_it_hears() {
+    let mut voter = LeaseVoter::new(0);
+    let ack = voter
+        .on_renewal(&renewal(A, 7, 1, vec![claim(1)]), 100, 817)
+        .unwrap();
+    assert_eq!(
+        ack,
+        RenewalAck {
+            id: RenewalId {
+                incarnation: 7,
+                seq: 1
+            },
+            refused: vec![],
+            heard: vec![Heard { node: A, age_ms: 0 }],
+        }
+    );
+    // The log durably moves web to epoch 2 (appended, not yet committed).
+    voter.on_durable(&Command::Assign {
+        group: web(),
+        node: Some(B),
+        epoch: 1,
+    });
+    let ack = voter
+        .on_renewal(&renewal(A, 7, 2, vec![claim(1)]), 300, 817)
+        .unwrap();
+    assert_eq!(ack.refused, vec![web()]);
+    // B's claim on the new epoch is fine; A is heard of 100 ms ago.
+    let ack = voter
+        .on_renewal(&renewal(B, 3, 1, vec![claim(2)]), 400, 817)
+        .unwrap();
+    assert_eq!(ack.refused, vec![]);
+    assert_eq!(
+        ack.heard,
+        vec![
+            Heard {
+                node: A,
+                age_ms: 100
+            },
+            Heard { node: B, age_ms: 0 }
+        ]
+    );
+    // A delayed renewal of an earlier run of A is ignored.
+    assert_eq!(voter.on_renewal(&renewal(A, 6, 9, vec![]), 500, 817), None);
+}
+
+#[test]
+fn voter_answers_the_gate_once_fenced_with_its_latest_earlier_grant() {
+    let mut voter = LeaseVoter::new(0);
+    voter.on_renewal(&renewal(A, 7, 1, vec![claim(1)]), 1000, 817);
+    // Not applied far enough, and not fenced: not yet.
+    assert_eq!(voter.on_gate_query(&query(2, 9), 1100), GateAnswer::NotYet);
+    voter.on_durable(&Command::Assign {
+        group: web(),
+        node: Some(B),
+        epoch: 1,
+    });
+    assert_eq!(voter.on_gate_query(&query(2, 9), 1100), GateAnswer::NotYet);
+    voter.on_applied(9);
+    assert_eq!(
+        voter.on_gate_query(&query(2, 9), 1100),
+        GateAnswer::Fenced { since_ms: 100 }
+    );
+    // After a withdrawal of A's claim (A stopped it), only the voter's start
+    // bounds what it may have granted.
+    voter.on_renewal(
+        &Renewal {
+            withdrawn: vec![claim(1)],
+            ..renewal(A, 7, 2, vec![])
+        },
+        1200,
+        817,
+    );
+    assert_eq!(
+        voter.on_gate_query(&query(2, 9), 1300),
+        GateAnswer::Fenced { since_ms: 1300 }
+    );
+}
+
+#[test]
+fn a_restarted_voter_rebuilds_its_floors_and_counts_its_own_start() {
+    let mut voter = LeaseVoter::new(5000);
+    let mut snapshot = ClusterState::default();
+    snapshot.groups.insert(
+        web(),
+        GroupState {
+            owner: Some(B),
+            epoch: 4,
+            ..Default::default()
+        },
+    );
+    voter.on_durable_state(&snapshot);
+    voter.on_durable(&Command::Release {
+        group: web(),
+        node: B,
+        epoch: 4,
+        incarnation: 3,
+        reason: ReleaseReason::Shutdown,
+    });
+    assert_eq!(voter.floor(&web()), 5);
+    let ack = voter
+        .on_renewal(&renewal(B, 3, 1, vec![claim(4)]), 5010, 817)
+        .unwrap();
+    assert_eq!(ack.refused, vec![web()]);
+    voter.on_applied(20);
+    assert_eq!(
+        voter.on_gate_query(&query(5, 20), 5100),
+        GateAnswer::Fenced { since_ms: 100 }
+    );
+}
+
+#[test]
+fn gate_wait_covers_the_drift_of_three_clocks() {
+    assert_eq!(lease::gate_wait_ms(800, 0.01), 817);
+    assert_eq!(lease::gate_wait_ms(800, 0.0), 800);
+    assert_eq!(lease::gate_remaining_ms(817, 100), 717);
+    assert_eq!(lease::gate_remaining_ms(817, 5000), 0);
+}
+
+// ----- the replicated state -----
+
+#[test]
+fn release_from_an_earlier_daemon_run_is_refused() {
+    // Regression (simulation): a release sent just before the daemon crashed
+    // committed after the restarted daemon had started the group again.
+    let mut state = (*owned_by(A, 1)).clone();
+    state.apply(&Command::Join {
+        node: A,
+        incarnation: 8,
+    });
+    let stale = Command::Release {
+        group: web(),
+        node: A,
+        epoch: 1,
+        incarnation: INC,
+        reason: ReleaseReason::Shutdown,
+    };
+    assert!(matches!(state.apply(&stale), ApplyResult::Rejected(_)));
+    assert_eq!(state.owner_of(&web()), Some(A));
+    // A join of the earlier run, delayed, does not make it current again.
+    let late = Command::Join {
+        node: A,
+        incarnation: INC,
+    };
+    assert!(matches!(state.apply(&late), ApplyResult::Rejected(_)));
+    assert!(matches!(state.apply(&stale), ApplyResult::Rejected(_)));
+}
+
+#[test]
+fn assign_needs_the_current_epoch() {
+    let mut state = (*owned_by(A, 1)).clone();
+    let stale = Command::Assign {
+        group: web(),
+        node: Some(B),
+        epoch: 0,
+    };
+    assert!(matches!(state.apply(&stale), ApplyResult::Rejected(_)));
+    let same = Command::Assign {
+        group: web(),
+        node: Some(A),
+        epoch: 1,
+    };
+    assert!(matches!(state.apply(&same), ApplyResult::Rejected(_)));
+    let good = Command::Assign {
+        group: web(),
+        node: Some(B),
+        epoch: 1,
+    };
+    assert_eq!(state.apply(&good), ApplyResult::Applied);
+    let gs = state.group(&web());
+    assert_eq!((gs.owner, gs.epoch), (Some(B), 2));
+}
+
+// ----- placement -----
 
 fn live(nodes: &[u64], at: u64) -> Liveness {
     let mut l = Liveness::new(&[A, B, C], 0);
-    for (i, n) in nodes.iter().enumerate() {
-        l.renewal_appended(*n, renewal(i as u64 + 1), at, 800);
+    for n in nodes {
+        l.renewed(*n, at, 800);
     }
     l
 }
@@ -456,13 +859,13 @@ fn placement_puts_an_unowned_group_on_the_first_live_preferred_node() {
             group: web(),
             node: Some(B),
             epoch: 0,
-            owner_last_renewal: None
         })]
     );
     // One proposal per group in flight.
-    assert!(placement
-        .decide(&topo, &ClusterState::default(), &liveness, 150)
-        .is_empty());
+    assert_eq!(
+        placement.decide(&topo, &ClusterState::default(), &liveness, 150),
+        vec![]
+    );
 }
 
 #[test]
@@ -470,150 +873,57 @@ fn placement_waits_out_the_owners_lease_with_drift_before_moving() {
     let topo = topo(false);
     let mut placement = Placement::new();
     let mut liveness = live(&[A, B], 1000);
-    liveness.renewal_appended(B, renewal(9), 1800, 800);
+    liveness.renewed(B, 1800, 800);
     let state = owned_by(A, 1);
-    // A's last renewal reached our log at 1000: 800 ms * 1.01 = 808 ms later at the earliest.
-    assert!(placement.decide(&topo, &state, &liveness, 1807).is_empty());
-    let actions = placement.decide(&topo, &state, &liveness, 1808);
+    // A's last renewal was accepted at 1000: 800 ms * 1.01 = 808 ms later.
+    assert_eq!(placement.decide(&topo, &state, &liveness, 1807), vec![]);
     assert_eq!(
-        actions,
+        placement.decide(&topo, &state, &liveness, 1808),
         vec![PlacementAction::Propose(Command::Assign {
             group: web(),
             node: Some(B),
             epoch: 1,
-            owner_last_renewal: Some(renewal(1)),
         })]
     );
 }
 
 #[test]
-fn assign_is_refused_if_the_owner_renewed_in_between() {
-    let mut state = (*owned_by(A, 1)).clone();
-    state.apply(&Command::Renew {
-        node: A,
-        renewal: renewal(1),
-    });
-    state.apply(&Command::Renew {
-        node: A,
-        renewal: renewal(2),
-    });
-    let assign = Command::Assign {
-        group: web(),
-        node: Some(B),
-        epoch: 1,
-        owner_last_renewal: Some(renewal(1)),
-    };
-    assert!(matches!(state.apply(&assign), ApplyResult::Rejected(_)));
-    assert_eq!(state.owner_of(&web()), Some(A));
-    // A stale epoch is refused too.
-    let stale = Command::Assign {
-        group: web(),
-        node: Some(B),
-        epoch: 0,
-        owner_last_renewal: Some(renewal(2)),
-    };
-    assert!(matches!(state.apply(&stale), ApplyResult::Rejected(_)));
-    let good = Command::Assign {
-        group: web(),
-        node: Some(B),
-        epoch: 1,
-        owner_last_renewal: Some(renewal(2)),
-    };
-    assert_eq!(state.apply(&good), ApplyResult::Applied);
-    assert_eq!(state.group(&web()).epoch, 2);
-}
-
-#[test]
-fn release_from_an_earlier_daemon_run_is_refused() {
-    // Regression (simulation): a release sent just before the daemon crashed
-    // committed after the restarted daemon had started the group again.
-    let mut state = (*owned_by(A, 1)).clone();
-    state.apply(&Command::Renew {
-        node: A,
-        renewal: RenewalId {
-            incarnation: 8,
-            seq: 1,
-        },
-    });
-    let stale = Command::Release {
-        group: web(),
-        node: A,
-        epoch: 1,
-        incarnation: 7,
-        reason: ReleaseReason::Shutdown,
-    };
-    assert!(matches!(state.apply(&stale), ApplyResult::Rejected(_)));
-    assert_eq!(state.owner_of(&web()), Some(A));
-}
-
-#[test]
-fn a_delayed_renewal_of_an_earlier_run_does_not_revive_it() {
-    let mut state = (*owned_by(A, 1)).clone();
-    let run = |incarnation, seq| RenewalId { incarnation, seq };
-    state.apply(&Command::Renew {
-        node: A,
-        renewal: run(8, 1),
-    });
-    let late = Command::Renew {
-        node: A,
-        renewal: run(7, 9),
-    };
-    assert!(matches!(state.apply(&late), ApplyResult::Rejected(_)));
-    let old_release = Command::Release {
-        group: web(),
-        node: A,
-        epoch: 1,
-        incarnation: 7,
-        reason: ReleaseReason::Shutdown,
-    };
-    assert!(matches!(
-        state.apply(&old_release),
-        ApplyResult::Rejected(_)
-    ));
-    assert_eq!(state.owner_of(&web()), Some(A));
-}
-
-#[test]
-fn rejected_assign_restarts_the_wait_from_the_committed_renewal() {
+fn an_owner_the_leader_cannot_reach_but_another_voter_hears_keeps_its_group() {
     let topo = topo(false);
     let mut placement = Placement::new();
-    let mut liveness = live(&[A, B], 0);
-    liveness.renewal_appended(A, renewal(5), 0, 800);
-    liveness.renewal_appended(B, renewal(6), 900, 800);
-    let mut state = (*owned_by(A, 1)).clone();
-    state.apply(&Command::Renew {
-        node: A,
-        renewal: renewal(4),
-    });
-    let actions = placement.decide(&topo, &state, &liveness, 900);
-    let PlacementAction::Propose(assign) = &actions[0];
-    let result = state.apply(assign);
-    assert!(matches!(result, ApplyResult::Rejected(_)));
-    placement.on_result(assign, Some(&result), &state, &mut liveness, 900);
-    assert_eq!(liveness.get(A).unwrap().renewal, Some(renewal(4)));
-    assert!(!liveness.lease_expired(A, 1700, topo.lease_expiry_wait_ms));
-    assert!(liveness.lease_expired(A, 1708, topo.lease_expiry_wait_ms));
+    let mut liveness = live(&[A, B], 1000);
+    // Only C hears A; C's acknowledgement of our renewal reports it.
+    for t in (1200..=3000).step_by(200) {
+        liveness.report(
+            &[Heard {
+                node: A,
+                age_ms: 30,
+            }],
+            t,
+            800,
+        );
+        liveness.renewed(B, t, 800);
+    }
+    assert_eq!(
+        placement.decide(&topo, &owned_by(A, 1), &liveness, 3000),
+        vec![]
+    );
 }
 
 #[test]
 fn sticky_group_stays_and_failback_group_returns_when_stable() {
-    let mut state = (*owned_by(B, 3)).clone();
-    state.groups.get_mut(&web()).unwrap().owner = Some(B);
+    let state = owned_by(B, 3);
     let mut liveness = Liveness::new(&[A, B, C], 0);
-    let mut t = 0;
-    while t <= 5000 {
-        liveness.renewal_appended(A, renewal(t), t, 800);
-        liveness.renewal_appended(B, renewal(t + 1), t, 800);
-        t += 200;
+    for t in (0..=5000).step_by(200) {
+        liveness.renewed(A, t, 800);
+        liveness.renewed(B, t, 800);
     }
-    let sticky = topo(false);
-    assert!(Placement::new()
-        .decide(&sticky, &state, &liveness, 5000)
-        .is_empty());
-    let failback = topo(true);
-    let actions = Placement::new().decide(&failback, &state, &liveness, 5000);
     assert_eq!(
-        actions,
+        Placement::new().decide(&topo(false), &state, &liveness, 5000),
+        vec![]
+    );
+    assert_eq!(
+        Placement::new().decide(&topo(true), &state, &liveness, 5000),
         vec![PlacementAction::Propose(Command::RequestMove {
             group: web(),
             to: A,
@@ -630,16 +940,17 @@ fn failed_nodes_are_skipped_and_cleared_when_nothing_else_is_left() {
     gs.failed_on.insert(A);
     state.groups.insert(web(), gs);
     let liveness = live(&[A, B], 100);
-    let actions = Placement::new().decide(&topo, &state, &liveness, 100);
-    assert!(matches!(
-        &actions[0],
-        PlacementAction::Propose(Command::Assign { node: Some(B), .. })
-    ));
-    state.groups.get_mut(&web()).unwrap().failed_on.insert(B);
-    let mut placement = Placement::new();
-    let actions = placement.decide(&topo, &state, &liveness, 100);
     assert_eq!(
-        actions,
+        Placement::new().decide(&topo, &state, &liveness, 100),
+        vec![PlacementAction::Propose(Command::Assign {
+            group: web(),
+            node: Some(B),
+            epoch: 0,
+        })]
+    );
+    state.groups.get_mut(&web()).unwrap().failed_on.insert(B);
+    assert_eq!(
+        Placement::new().decide(&topo, &state, &liveness, 100),
         vec![PlacementAction::Propose(Command::ClearFailures {
             group: web(),
             epoch: 0
@@ -647,18 +958,62 @@ fn failed_nodes_are_skipped_and_cleared_when_nothing_else_is_left() {
     );
 }
 
+// ----- one member's engine -----
+
 #[test]
-fn node_engine_feeds_appended_renewals_into_liveness() {
+fn node_engine_answers_its_own_renewal_and_learns_liveness_from_reports() {
     let mut engine = NodeEngine::new(B, 1, topo(false), 0);
-    engine.on_event(
-        Event::Appended(Command::Renew {
-            node: A,
-            renewal: renewal(1),
-        }),
-        50,
+    let actions = engine.on_event(Event::GuardReady, 10);
+    assert_eq!(
+        actions,
+        vec![
+            Action::Propose {
+                token: 1,
+                command: Command::Join {
+                    node: B,
+                    incarnation: 1
+                }
+            },
+            Action::SendRenewal(Renewal {
+                node: B,
+                id: RenewalId {
+                    incarnation: 1,
+                    seq: 1
+                },
+                claims: vec![],
+                withdrawn: vec![],
+            }),
+        ]
     );
-    let seen = engine.liveness().get(A).unwrap();
-    assert_eq!((seen.renewal, seen.at), (Some(renewal(1)), 50));
+    // B's own voter accepted it.
+    assert_eq!(
+        engine.liveness().get(B).map(|s| (s.at, s.heard)),
+        Some((10, true))
+    );
+    // C's acknowledgement reports A, heard 40 ms before.
+    engine.on_event(
+        Event::RenewalAnswered {
+            from: C,
+            ack: RenewalAck {
+                id: RenewalId {
+                    incarnation: 1,
+                    seq: 1,
+                },
+                refused: vec![],
+                heard: vec![Heard {
+                    node: A,
+                    age_ms: 40,
+                }],
+            },
+        },
+        100,
+    );
+    assert_eq!(
+        engine.liveness().get(A).map(|s| (s.at, s.heard)),
+        Some((60, true))
+    );
+    // A renewal in another member's name is not answered.
+    assert_eq!(engine.on_renewal(C, &renewal(A, 1, 1, vec![]), 120), None);
 }
 
 #[test]
@@ -676,19 +1031,13 @@ fn a_new_leader_waits_for_renewals_so_groups_start_on_their_preferred_node() {
             .collect()
     };
     let mut engine = NodeEngine::new(B, 1, topo(false), 0);
-    let renew = |node, seq| {
-        Event::Appended(Command::Renew {
-            node,
-            renewal: renewal(seq),
-        })
-    };
-    engine.on_event(renew(B, 1), 10);
-    // B wins the election having seen only its own renewal: it must not take
-    // the group from A, the preferred node, which just has not renewed yet.
+    engine.on_event(Event::Tick, 10);
+    // B wins the election having heard only itself: it must not place the
+    // group on itself before A, the preferred node, had time to renew.
     let actions = engine.on_event(Event::Leadership(true), 20);
-    assert!(assigns(&actions).is_empty(), "{actions:?}");
-    engine.on_event(renew(A, 2), 300);
-    assert!(assigns(&engine.on_event(Event::Tick, 419)).is_empty());
+    assert_eq!(assigns(&actions), vec![]);
+    engine.on_renewal(A, &renewal(A, 5, 1, vec![]), 300);
+    assert_eq!(assigns(&engine.on_event(Event::Tick, 419)), vec![]);
     let actions = engine.on_event(Event::Tick, 420);
     assert_eq!(assigns(&actions), vec![Some(A)], "{actions:?}");
 }

@@ -16,13 +16,17 @@ pub struct GroupSpec {
 pub struct Topology {
     /// Members that run groups (witnesses excluded).
     pub nodes: Vec<NodeId>,
+    /// Every member: nodes and witnesses all vote, in Raft and on leases.
+    pub voters: Vec<NodeId>,
     pub groups: Vec<GroupSpec>,
     /// How long a committed renewal lets its sender run its groups, on the sender's clock.
     pub lease_ms: Millis,
     pub renew_interval_ms: Millis,
-    /// The leader waits this long (on its own clock) after the last renewal it saw
-    /// before it treats a node's leases as expired: lease * (1 + max clock drift).
+    /// The leader waits this long (on its own clock) after the last renewal it
+    /// knows of before it moves a node's groups: lease * (1 + max clock drift).
     pub lease_expiry_wait_ms: Millis,
+    /// The start gate's full wait: see `crate::engine::lease::gate_wait_ms`.
+    pub gate_wait_ms: Millis,
     /// An owner starts stopping its groups this long before its lease ends, so the
     /// addresses are gone before anyone else may take them.
     pub stop_margin_ms: Millis,
@@ -40,6 +44,17 @@ impl Topology {
         self.groups.iter().find(|g| &g.name == name)
     }
 
+    /// Acknowledgements needed for a lease: a majority of the voters.
+    pub fn majority(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    /// Adds members that vote but run nothing.
+    pub fn with_witnesses(mut self, witnesses: &[NodeId]) -> Topology {
+        self.voters.extend(witnesses.iter().copied());
+        self
+    }
+
     /// Defaults derived from lease and renew interval, used by the executor and
     /// the simulation alike so both exercise the same relations.
     pub fn with_timing(
@@ -51,11 +66,13 @@ impl Topology {
     ) -> Topology {
         let lease_expiry_wait_ms = (lease_ms as f64 * (1.0 + max_clock_drift)).ceil() as Millis;
         Topology {
+            voters: nodes.clone(),
             nodes,
             groups,
             lease_ms,
             renew_interval_ms,
             lease_expiry_wait_ms,
+            gate_wait_ms: crate::engine::lease::gate_wait_ms(lease_ms, max_clock_drift),
             // Removing an address takes milliseconds; the margin covers scheduling
             // delays, and is kept small because leader elections eat into the
             // same budget (no renewal commits while there is no leader).

@@ -48,8 +48,9 @@ pub(crate) struct Compaction {
 
 impl Default for Compaction {
     fn default() -> Self {
-        // Renewals produce about 15 entries a second in a three-member cluster:
-        // a snapshot every couple of minutes keeps the log small.
+        // Only joins, placements and admin commands are logged (leases are
+        // renewed in memory), so the log grows by a handful of entries per
+        // failover: a snapshot every 2000 entries keeps it small.
         Compaction {
             snapshot_every: 2000,
             keep_behind_snapshot: 200,
@@ -152,6 +153,7 @@ pub struct RaftNode {
     leader_task: JoinHandle<()>,
     log_liveness: Liveness,
     quorum_window: Duration,
+    durable_at_start: std::sync::Mutex<Vec<Command>>,
 }
 
 /// How many times a proposal is sent in all (to this member or a leader) when
@@ -216,6 +218,32 @@ fn warn_if_membership_differs(raft: &Raft, cluster: &ClusterConfig) {
     }
 }
 
+/// Every command in the log, read before openraft takes the store over.
+async fn read_commands(log_store: &mut LogStore) -> Result<Vec<Command>, RaftStartError> {
+    use openraft::storage::RaftLogStorage;
+    use openraft::RaftLogReader;
+    let read_error = |e: crate::raft::types::StorageError| {
+        RaftStartError::Raft(format!("reading the log back at start: {e}"))
+    };
+    let state = log_store.get_log_state().await.map_err(read_error)?;
+    let Some(last) = state.last_log_id else {
+        return Ok(Vec::new());
+    };
+    let first = state.last_purged_log_id.map_or(0, |id| id.index + 1);
+    let mut reader = log_store.get_log_reader().await;
+    let entries = reader
+        .try_get_log_entries(first..=last.index)
+        .await
+        .map_err(read_error)?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|entry| match entry.payload {
+            openraft::EntryPayload::Normal(command) => Some(command),
+            _ => None,
+        })
+        .collect())
+}
+
 fn backoff_bounds(timing: &Timing) -> (Duration, Duration) {
     (timing.heartbeat_interval, timing.election_timeout_max)
 }
@@ -261,7 +289,41 @@ impl RaftNode {
         })?;
 
         let log_store = LogStore::open(&state_dir.join(LOG_FILE), id, on_append)?;
+        Self::start_on(cluster, me, id, state_dir, log_store, transport, compaction).await
+    }
+
+    /// [`RaftNode::start_with`] on a log store the test opened (with hooks that
+    /// hold its writer, as a stalled disk would).
+    #[cfg(test)]
+    pub(crate) async fn start_with_log(
+        cluster: &ClusterConfig,
+        me: &NodeName,
+        state_dir: &Path,
+        log_store: LogStore,
+        transport: Arc<dyn Transport>,
+        compaction: Compaction,
+    ) -> Result<RaftNode, RaftStartError> {
+        let id = cluster
+            .member(me.as_str())
+            .ok_or_else(|| RaftStartError::NotAMember {
+                me: me.clone(),
+                cluster: cluster.name.clone(),
+            })?
+            .id;
+        Self::start_on(cluster, me, id, state_dir, log_store, transport, compaction).await
+    }
+
+    async fn start_on(
+        cluster: &ClusterConfig,
+        me: &NodeName,
+        id: NodeId,
+        state_dir: &Path,
+        mut log_store: LogStore,
+        transport: Arc<dyn Transport>,
+        compaction: Compaction,
+    ) -> Result<RaftNode, RaftStartError> {
         let log_liveness = log_store.liveness();
+        let durable_at_start = read_commands(&mut log_store).await?;
         let (applied_tx, applied_rx) = watch::channel(Arc::new(AppliedState::default()));
         let state_machine = StateMachine::open(state_dir, applied_tx)?;
 
@@ -345,7 +407,18 @@ impl RaftNode {
             leader_task,
             log_liveness,
             quorum_window: cluster.timing.election_timeout_max,
+            durable_at_start: std::sync::Mutex::new(durable_at_start),
         })
+    }
+
+    /// The commands this member's log held when it started, in log order (once;
+    /// later calls return nothing). Together with the loaded snapshot they are
+    /// what this member knew durably before it crashed.
+    pub fn durable_at_start(&self) -> Vec<Command> {
+        self.durable_at_start
+            .lock()
+            .map(|mut commands| std::mem::take(&mut *commands))
+            .unwrap_or_default()
     }
 
     pub fn id(&self) -> NodeId {

@@ -127,15 +127,14 @@ impl RaftRpcHandler {
                 }
                 PROPOSE => {
                     let req: ProposeRequest = decode("propose request", &body)?;
-                    // A member speaks only for itself: renewals and releases name
+                    // A member speaks only for itself: joins and releases name
                     // their sender, and a forged one could free a group its owner
                     // still runs.
-                    if let Command::Renew { node, .. } | Command::Release { node, .. } =
-                        &req.command
+                    if let Command::Join { node, .. } | Command::Release { node, .. } = &req.command
                     {
                         if *node != peer_id {
                             return Err(format!(
-                                "{peer} proposed a renewal or release in the name of another member"
+                                "{peer} proposed a join or release in the name of another member"
                             ));
                         }
                     }

@@ -28,7 +28,7 @@ use crate::engine::state::{ApplyResult, ClusterState};
 pub const SNAPSHOT_FILE: &str = "snapshot.bin";
 const SNAPSHOT_TMP: &str = "snapshot.bin.tmp";
 /// Identifies the file and its encoding; bumped when the encoding changes.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"UPHSNAP1";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"UPHSNAP2";
 
 /// The replicated state after applying the log up to `last_applied_index`.
 /// Index 0 holds the initial membership, so 0 also means "no command applied yet".
@@ -36,6 +36,10 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"UPHSNAP1";
 pub struct AppliedState {
     pub last_applied_index: u64,
     pub state: ClusterState,
+    /// The state of the snapshot this member loaded at start or installed from
+    /// the leader since, once it is on disk. Its entries never pass the log's
+    /// append hook, so it is how the lease voter learns what they fenced.
+    pub durable_snapshot: Option<Arc<ClusterState>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +50,12 @@ pub struct SnapshotLoadError {
 }
 
 /// What a snapshot's data holds. An enum so that a later format can be told
-/// apart from this one.
+/// apart from this one. V1 (renewals in the log) is no longer read: its files
+/// carry the old magic and are refused before decoding.
 #[derive(Serialize, Deserialize)]
 enum SnapshotPayload {
-    V1(ClusterState),
+    V1(()),
+    V2(ClusterState),
 }
 
 /// A snapshot as kept in memory and on disk.
@@ -77,6 +83,13 @@ impl SnapshotStore {
         };
         let current = match std::fs::read(&path) {
             Ok(bytes) => {
+                if bytes.starts_with(b"UPHSNAP1") {
+                    return Err(err(
+                        "written by an earlier uphold whose leases were logged; stop every \
+                         member, move the state directories away and start again"
+                            .to_string(),
+                    ));
+                }
                 let body = bytes
                     .strip_prefix(SNAPSHOT_MAGIC.as_slice())
                     .ok_or_else(|| err("not an uphold snapshot (bad header)".to_string()))?;
@@ -154,18 +167,22 @@ fn write_atomically(dir: &Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 fn encode_payload(state: &ClusterState) -> Result<Vec<u8>, postcard::Error> {
-    // Encodes exactly like `SnapshotPayload::V1` (postcard writes the variant
+    // Encodes exactly like `SnapshotPayload::V2` (postcard writes the variant
     // index, then the field) without cloning the state into an owned payload.
     #[derive(Serialize)]
     enum Borrowed<'a> {
-        V1(&'a ClusterState),
+        #[allow(dead_code)]
+        V1(()),
+        V2(&'a ClusterState),
     }
-    postcard::to_allocvec(&Borrowed::V1(state))
+    postcard::to_allocvec(&Borrowed::V2(state))
 }
 
 fn decode_payload(data: &[u8]) -> Result<ClusterState, postcard::Error> {
-    let SnapshotPayload::V1(state) = postcard::from_bytes(data)?;
-    Ok(state)
+    match postcard::from_bytes(data)? {
+        SnapshotPayload::V2(state) => Ok(state),
+        SnapshotPayload::V1(()) => Err(postcard::Error::DeserializeBadEnum),
+    }
 }
 
 fn snapshot_of(stored: StoredSnapshot) -> Snapshot {
@@ -182,6 +199,7 @@ pub struct StateMachine {
     last_membership: StoredMembership,
     snapshots: Arc<SnapshotStore>,
     applied_tx: watch::Sender<Arc<AppliedState>>,
+    durable_snapshot: Option<Arc<ClusterState>>,
 }
 
 impl StateMachine {
@@ -197,6 +215,7 @@ impl StateMachine {
             last_membership: StoredMembership::default(),
             snapshots: Arc::new(snapshots),
             applied_tx,
+            durable_snapshot: None,
         };
         if let Some(stored) = sm.snapshots.current() {
             sm.state = decode_payload(&stored.data).map_err(|e| SnapshotLoadError {
@@ -205,6 +224,7 @@ impl StateMachine {
             })?;
             sm.last_applied = stored.meta.last_log_id;
             sm.last_membership = stored.meta.last_membership.clone();
+            sm.durable_snapshot = Some(Arc::new(sm.state.clone()));
         }
         sm.publish();
         Ok(sm)
@@ -214,6 +234,7 @@ impl StateMachine {
         let applied = AppliedState {
             last_applied_index: self.last_applied.as_ref().map_or(0, |id| id.index),
             state: self.state.clone(),
+            durable_snapshot: self.durable_snapshot.clone(),
         };
         self.applied_tx.send_replace(Arc::new(applied));
     }
@@ -281,6 +302,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 data,
             })
             .await?;
+        self.durable_snapshot = Some(Arc::new(state.clone()));
         self.state = state;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();

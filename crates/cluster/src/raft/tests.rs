@@ -18,13 +18,13 @@ use tokio::time::Instant;
 use uphold_config::{ClusterConfig, Member, MemberRole, Timing};
 use uphold_core::{GroupName, NodeId, NodeName};
 
-use super::log_store::{LogStore, LogStoreOpenError, LOG_FILE};
+use super::log_store::{LogStore, LogStoreOpenError, WriterHooks, LOG_FILE};
 use super::network::{CallFuture, Transport, TransportError};
 use super::node::{Compaction, ProposeError, RaftNode, RaftOptions, RaftRole};
 use super::rpc::{self, RaftRpcHandler, RAFT_VOTE};
 use super::state_machine::{AppliedState, StateMachine};
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
-use crate::engine::state::{ApplyResult, Command, RenewalId};
+use crate::engine::state::{ApplyResult, Command};
 
 // ---------------------------------------------------------------------------
 // Storage
@@ -51,14 +51,10 @@ fn log_id(term: u64, node: NodeId, index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(term, node), index)
 }
 
-fn renew(node: NodeId, seq: u64) -> Command {
-    Command::Renew {
-        node,
-        renewal: RenewalId {
-            incarnation: 1,
-            seq,
-        },
-    }
+/// A logged command that names its sender; its incarnation stands for a counter
+/// the tests follow.
+fn join(node: NodeId, incarnation: u64) -> Command {
+    Command::Join { node, incarnation }
 }
 
 #[tokio::test]
@@ -76,7 +72,7 @@ async fn log_and_vote_survive_reopen_and_belong_to_one_member() {
         let entries: Vec<Entry> = (1..=3)
             .map(|i| Entry {
                 log_id: log_id(3, 7, i),
-                payload: EntryPayload::Normal(renew(7, i)),
+                payload: EntryPayload::Normal(join(7, i)),
             })
             .collect();
         log.blocking_append(entries).await.unwrap();
@@ -85,7 +81,7 @@ async fn log_and_vote_survive_reopen_and_belong_to_one_member() {
     // The observer saw every appended command, in order.
     assert_eq!(
         *seen.lock().unwrap(),
-        vec![renew(7, 1), renew(7, 2), renew(7, 3)]
+        vec![join(7, 1), join(7, 2), join(7, 3)]
     );
 
     let mut log = LogStore::open(&path, 7, Arc::new(|_: &Command| {})).unwrap();
@@ -94,7 +90,7 @@ async fn log_and_vote_survive_reopen_and_belong_to_one_member() {
     assert_eq!(state.last_log_id, Some(log_id(3, 7, 3)));
     let entries = log.try_get_log_entries(1..4).await.unwrap();
     assert_eq!(entries.len(), 3);
-    assert_eq!(entries[2].payload, EntryPayload::Normal(renew(7, 3)));
+    assert_eq!(entries[2].payload, EntryPayload::Normal(join(7, 3)));
     drop(log);
 
     match LogStore::open(&path, 8, Arc::new(|_: &Command| {})) {
@@ -116,7 +112,7 @@ async fn snapshot_file_restores_the_state_machine() {
     let entries: Vec<Entry> = (1..=5)
         .map(|i| Entry {
             log_id: log_id(1, 1, i),
-            payload: EntryPayload::Normal(renew(1, i)),
+            payload: EntryPayload::Normal(join(1, i)),
         })
         .collect();
     let results = sm.apply(entries).await.unwrap();
@@ -193,6 +189,7 @@ fn cluster_config(names: &[&str], addresses: &[SocketAddr], roles: &[MemberRole]
         timing: test_timing(),
         state_dir: "/nonexistent/{node}".to_string(),
         tls_dir: "/nonexistent/{node}".to_string(),
+        protection: Default::default(),
     }
 }
 
@@ -239,7 +236,7 @@ async fn wait_applied(node: &RaftNode, what: &str, check: impl Fn(&AppliedState)
 }
 
 fn last_seq(state: &AppliedState, node: NodeId) -> Option<u64> {
-    state.state.last_renewal.get(&node).map(|r| r.seq)
+    state.state.incarnations.get(&node).copied()
 }
 
 // ---------------------------------------------------------------------------
@@ -291,10 +288,16 @@ struct MemCluster {
     compaction: Compaction,
     nodes: BTreeMap<NodeId, RaftNode>,
     appended: HashMap<NodeId, Appended>,
+    /// Each member's log writer, which a test can hold like a stalled disk.
+    disks: HashMap<NodeId, Arc<WriterHooks>>,
 }
 
 impl MemCluster {
     async fn start(names: &[&str], compaction: Compaction) -> MemCluster {
+        MemCluster::start_timed(names, compaction, test_timing()).await
+    }
+
+    async fn start_timed(names: &[&str], compaction: Compaction, timing: Timing) -> MemCluster {
         let dir = tempfile::tempdir().unwrap();
         let addresses: Vec<SocketAddr> = (0..names.len())
             .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))
@@ -303,11 +306,15 @@ impl MemCluster {
         let mut c = MemCluster {
             root: dir.path().to_path_buf(),
             _dir: dir,
-            cluster: cluster_config(names, &addresses, &roles),
+            cluster: ClusterConfig {
+                timing,
+                ..cluster_config(names, &addresses, &roles)
+            },
             net: Arc::default(),
             compaction,
             nodes: BTreeMap::new(),
             appended: HashMap::new(),
+            disks: HashMap::new(),
         };
         for n in names {
             c.start_node(n).await;
@@ -333,16 +340,26 @@ impl MemCluster {
             net: self.net.clone(),
             from: name(n),
         });
-        let node = RaftNode::start_with(
+        let disk = Arc::new(WriterHooks::default());
+        std::fs::create_dir_all(self.state_dir(n)).unwrap();
+        let log = LogStore::open_with_hooks(
+            &self.state_dir(n).join(LOG_FILE),
+            Self::id(n),
+            observer,
+            disk.clone(),
+        )
+        .unwrap();
+        let node = RaftNode::start_with_log(
             &self.cluster,
             &name(n),
             &self.state_dir(n),
-            observer,
+            log,
             transport,
             self.compaction.clone(),
         )
         .await
         .unwrap();
+        self.disks.insert(node.id(), disk);
         let handler = node.handler_for_tests();
         self.net.handlers.lock().unwrap().insert(node.id(), handler);
         self.appended.insert(node.id(), appended);
@@ -390,6 +407,71 @@ const PROPOSE_WAIT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------
 // In-process cluster tests
 
+/// The leader every member names, if they all name the same one.
+fn common_leader(c: &MemCluster) -> Option<NodeId> {
+    let leaders: Vec<Option<NodeId>> = c.nodes.values().map(|n| n.status().leader).collect();
+    leaders
+        .iter()
+        .all(|l| *l == leaders[0])
+        .then_some(leaders[0])
+        .flatten()
+}
+
+/// How long a disk may stall before Raft leadership moves, with the default
+/// timing (heartbeat 50 ms, elections 150-300 ms). Leases are not logged, so
+/// in steady state nothing is written and a stall of any length changes
+/// nothing. openraft 0.9 waits inside its core for an entry's fsync, so while
+/// an entry is being written a stalled leader disk stops its heartbeats and the
+/// others elect a leader with a working disk after an election timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_disk_moves_leadership_only_while_an_entry_waits_for_it() {
+    let timing = Timing {
+        heartbeat_interval: Duration::from_millis(50),
+        election_timeout_min: Duration::from_millis(150),
+        election_timeout_max: Duration::from_millis(300),
+        ..test_timing()
+    };
+    let c = MemCluster::start_timed(&NAMES, Compaction::default(), timing).await;
+    let leader = c.leader().await;
+    let term = c.node(leader).status().term;
+
+    // Every disk stalls for 3 s (ten election timeouts), nothing is written.
+    for disk in c.disks.values() {
+        disk.hold();
+    }
+    let stalled = Instant::now();
+    while stalled.elapsed() < Duration::from_secs(3) {
+        assert_eq!(common_leader(&c), Some(leader), "leadership moved");
+        assert_eq!(c.node(leader).status().term, term);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for disk in c.disks.values() {
+        disk.release();
+    }
+
+    // The leader's disk stalls while it writes an entry.
+    c.disks[&leader].hold();
+    let raft = c.node(leader).raft().clone();
+    let write = tokio::spawn(async move { raft.client_write(join(leader, 9)).await });
+    c.disks[&leader].wait_until_writer_held();
+    let stalled = Instant::now();
+    let others: Vec<NodeId> = c.nodes.keys().copied().filter(|id| *id != leader).collect();
+    eventually("the others to elect a leader with a working disk", || {
+        let s = c.node(others[0]).status();
+        s.leader.is_some_and(|l| l != leader) && s.term > term
+    })
+    .await;
+    let moved_after = stalled.elapsed();
+    println!("leader's disk stalled during a write: leadership moved after {moved_after:?}");
+    assert!(
+        moved_after >= Duration::from_millis(100) && moved_after < Duration::from_secs(3),
+        "{moved_after:?}"
+    );
+    c.disks[&leader].release();
+    let _ = write.await;
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_elect_commit_and_forward() {
     let c = MemCluster::start(&NAMES, Compaction::default()).await;
@@ -399,7 +481,7 @@ async fn three_members_elect_commit_and_forward() {
     // From a follower: forwarded to the leader, and the apply result comes back.
     let r = c
         .node(follower)
-        .propose(renew(follower, 1), PROPOSE_WAIT)
+        .propose(join(follower, 1), PROPOSE_WAIT)
         .await;
     assert_eq!(r, Ok(ApplyResult::Applied));
     let stale = Command::ClearFailures {
@@ -409,7 +491,7 @@ async fn three_members_elect_commit_and_forward() {
     let r = c.node(follower).propose(stale, PROPOSE_WAIT).await;
     assert!(matches!(r, Ok(ApplyResult::Rejected(_))), "{r:?}");
     // On the leader itself.
-    let r = c.node(leader).propose(renew(leader, 1), PROPOSE_WAIT).await;
+    let r = c.node(leader).propose(join(leader, 1), PROPOSE_WAIT).await;
     assert_eq!(r, Ok(ApplyResult::Applied));
 
     for node in c.nodes.values() {
@@ -422,7 +504,7 @@ async fn three_members_elect_commit_and_forward() {
     for (id, appended) in &c.appended {
         eventually(&format!("node {id} to observe both renewals"), || {
             let seen = appended.lock().unwrap();
-            seen.contains(&renew(follower, 1)) && seen.contains(&renew(leader, 1))
+            seen.contains(&join(follower, 1)) && seen.contains(&join(leader, 1))
         })
         .await;
     }
@@ -454,7 +536,7 @@ async fn leader_loss_elects_a_new_leader_and_a_restarted_member_resumes() {
     let old_leader = c.leader().await;
     let r = c
         .node(old_leader)
-        .propose(renew(old_leader, 1), PROPOSE_WAIT)
+        .propose(join(old_leader, 1), PROPOSE_WAIT)
         .await;
     assert_eq!(r, Ok(ApplyResult::Applied));
     let old_term = c.node(old_leader).status().term;
@@ -468,7 +550,7 @@ async fn leader_loss_elects_a_new_leader_and_a_restarted_member_resumes() {
     for seq in 1..=5 {
         let r = c
             .node(follower)
-            .propose(renew(follower, seq), PROPOSE_WAIT)
+            .propose(join(follower, seq), PROPOSE_WAIT)
             .await;
         assert_eq!(r, Ok(ApplyResult::Applied), "proposal {seq} after failover");
     }
@@ -508,7 +590,7 @@ async fn leader_loss_elects_a_new_leader_and_a_restarted_member_resumes() {
     let leader = c.leader().await;
     let r = c
         .node(old_leader)
-        .propose(renew(old_leader, 2), PROPOSE_WAIT)
+        .propose(join(old_leader, 2), PROPOSE_WAIT)
         .await;
     assert_eq!(r, Ok(ApplyResult::Applied));
     for node in c.nodes.values() {
@@ -534,7 +616,7 @@ async fn lagging_member_catches_up_from_a_snapshot_and_keeps_it() {
     for seq in 1..=40 {
         let r = c
             .node(leader)
-            .propose(renew(leader, seq), PROPOSE_WAIT)
+            .propose(join(leader, seq), PROPOSE_WAIT)
             .await;
         assert_eq!(r, Ok(ApplyResult::Applied), "proposal {seq}");
     }
@@ -584,7 +666,7 @@ async fn propose_without_quorum_fails_within_its_timeout() {
     let started = Instant::now();
     let r = c
         .node(leader)
-        .propose(renew(leader, 1), Duration::from_millis(1500))
+        .propose(join(leader, 1), Duration::from_millis(1500))
         .await;
     let took = started.elapsed();
     assert!(r.is_err(), "committed without a quorum: {r:?}");
@@ -811,7 +893,7 @@ async fn three_members_over_tls_fail_over_and_rejoin() {
     let follower = *c.members.keys().find(|&&id| id != leader).unwrap();
     let r = c
         .node(follower)
-        .propose(renew(follower, 1), PROPOSE_WAIT)
+        .propose(join(follower, 1), PROPOSE_WAIT)
         .await;
     assert_eq!(r, Ok(ApplyResult::Applied));
     for m in c.members.values() {
@@ -835,7 +917,7 @@ async fn three_members_over_tls_fail_over_and_rejoin() {
     assert!(c.node(new_leader).status().term > old_term);
     let r = c
         .node(follower)
-        .propose(renew(follower, 2), PROPOSE_WAIT)
+        .propose(join(follower, 2), PROPOSE_WAIT)
         .await;
     assert_eq!(r, Ok(ApplyResult::Applied));
 
@@ -848,7 +930,7 @@ async fn three_members_over_tls_fail_over_and_rejoin() {
         last_seq(st, follower) == Some(2)
     })
     .await;
-    let r = c.node(leader).propose(renew(leader, 1), PROPOSE_WAIT).await;
+    let r = c.node(leader).propose(join(leader, 1), PROPOSE_WAIT).await;
     assert_eq!(r, Ok(ApplyResult::Applied));
     c.leader().await;
     c.shutdown().await;
@@ -869,7 +951,7 @@ async fn propose_with_the_leader_unreachable_reports_it() {
     c.stop_node(leader).await;
     let r = c
         .node(follower)
-        .propose(renew(follower, 1), Duration::from_millis(1500))
+        .propose(join(follower, 1), Duration::from_millis(1500))
         .await;
     match r {
         Err(ProposeError::LeaderUnreachable { .. } | ProposeError::NoLeader(_)) => {}

@@ -2,13 +2,17 @@
 //! and carries out its actions (proposals, resource starts and stops, monitors,
 //! the guard's deadlines). All decisions stay in `crate::engine`.
 
+pub mod lease_service;
 pub mod metrics;
 pub mod resources;
 pub mod status;
 
 use crate::engine::topology::GroupSpec;
-use crate::engine::{Action, Event, NodeEngine, StopKind, Topology};
+use crate::engine::{
+    Action, Event, GateAnswer, GateQuery, NodeEngine, RenewalAck, StopKind, Topology,
+};
 use crate::raft::{RaftNode, RaftOptions};
+use lease_service::{LeaseHandler, LeaseRequest, LEASE_GATE, LEASE_RENEW};
 use resources::ResourceRunner;
 use status::{ClusterStatus, GroupStatus, MemberStatus};
 use std::collections::BTreeMap;
@@ -29,6 +33,8 @@ use uphold_proto::rpc::RpcClient;
 const MAX_IDLE_MS: Millis = 250;
 /// How long a clean shutdown may take to hand groups over before exiting anyway.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
+/// The node's guard lock in the state directory (see `uphold_os::guard`).
+pub const GUARD_LOCK_FILE: &str = "guard.lock";
 
 pub struct RuntimeOptions {
     pub config: ClusterConfig,
@@ -80,6 +86,12 @@ pub fn topology_from(config: &ClusterConfig) -> Topology {
         .filter(|m| m.role == MemberRole::Node)
         .map(|m| m.id)
         .collect();
+    let witnesses: Vec<uphold_core::NodeId> = config
+        .members
+        .iter()
+        .filter(|m| m.role == MemberRole::Witness)
+        .map(|m| m.id)
+        .collect();
     let groups = config
         .groups
         .iter()
@@ -96,6 +108,7 @@ pub fn topology_from(config: &ClusterConfig) -> Topology {
         config.timing.renew_interval.as_millis() as Millis,
         config.timing.max_clock_drift,
     )
+    .with_witnesses(&witnesses)
 }
 
 enum Done {
@@ -122,6 +135,17 @@ enum Done {
         epoch: u64,
         reason: String,
     },
+    RenewalAck {
+        from: uphold_core::NodeId,
+        ack: RenewalAck,
+    },
+    /// This run's guard holds the node's lock.
+    GuardReady,
+    GateAnswer {
+        from: uphold_core::NodeId,
+        query: GateQuery,
+        answer: GateAnswer,
+    },
 }
 
 struct Executor {
@@ -144,6 +168,13 @@ struct Executor {
     /// Proposals in flight. Each holds the Raft handle; at exit they are
     /// cancelled so Raft can be shut down and its log closed.
     proposals: tokio::task::JoinSet<()>,
+    /// Lease messages in flight to other members.
+    lease_calls: tokio::task::JoinSet<()>,
+    /// Every other voter, as the RPC client dials it.
+    peers: Vec<(uphold_core::NodeId, NodeName, std::net::SocketAddr)>,
+    rpc: Arc<RpcClient>,
+    /// A renewal answered later than this grants nothing useful.
+    lease_call_timeout: Duration,
 }
 
 /// Runs the cluster role until `shutdown` turns true and the groups are handed
@@ -164,9 +195,7 @@ pub async fn run(
 
     let (append_tx, mut append_rx) = mpsc::unbounded_channel();
     let on_append: Arc<dyn Fn(&crate::engine::Command) + Send + Sync> = Arc::new(move |cmd| {
-        if matches!(cmd, crate::engine::Command::Renew { .. }) {
-            let _ = append_tx.send(cmd.clone());
-        }
+        let _ = append_tx.send(cmd.clone());
     });
     let raft = Arc::new(
         RaftNode::start(RaftOptions {
@@ -184,7 +213,18 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for members on {}: {e}", me.listen))?;
     let mut server_shutdown = shutdown.clone();
-    let mut router = uphold_proto::rpc::ServiceRouter::new().route(1..=4, raft.rpc_handler());
+    let (lease_tx, mut lease_rx) = mpsc::channel(lease_service::REQUEST_QUEUE);
+    let lease_handler = Arc::new(LeaseHandler::new(
+        config
+            .members
+            .iter()
+            .map(|m| (m.name.clone(), m.id))
+            .collect(),
+        lease_tx,
+    ));
+    let mut router = uphold_proto::rpc::ServiceRouter::new()
+        .route(1..=4, raft.rpc_handler())
+        .route(LEASE_RENEW..=LEASE_GATE, lease_handler);
     for (services, handler) in opts.extra_services.drain(..) {
         router = router.route(services, handler);
     }
@@ -212,9 +252,38 @@ pub async fn run(
         guard_command: opts.guard_command,
         proposal_timeout: Duration::from_millis(topo.proposal_timeout_ms),
         proposals: tokio::task::JoinSet::new(),
+        lease_calls: tokio::task::JoinSet::new(),
+        peers: config
+            .members
+            .iter()
+            .filter(|m| m.id != me.id)
+            .map(|m| (m.id, m.name.clone(), m.address))
+            .collect(),
+        rpc: opts.rpc.clone(),
+        lease_call_timeout: Duration::from_millis(topo.renew_interval_ms.max(100)),
     };
+    // No resource is touched before this run's guard holds the node's lock: a
+    // guard of a run that just crashed may still be stopping them.
+    match exec.guard.as_mut().and_then(GuardClient::take_ready) {
+        Some(ready) => {
+            let tx = exec.done_tx.clone();
+            tokio::task::spawn_blocking(move || match ready.wait() {
+                Ok(()) => {
+                    let _ = tx.send(Done::GuardReady);
+                }
+                Err(e) => error!("the guard failed before it was ready: {e}; no group will start"),
+            });
+        }
+        None => {
+            let _ = exec.done_tx.send(Done::GuardReady);
+        }
+    }
     let incarnation = next_incarnation(&config.state_dir_for(&opts.me))?;
     let mut engine = NodeEngine::new(me.id, incarnation, topo, clock.now_ms());
+    // What this member's log and snapshot hold durably bounds which claims its
+    // voter may grant: feed it before any renewal is answered.
+    let mut durable_snapshot = applied.borrow().durable_snapshot.clone();
+    engine.restore_durable(durable_snapshot.as_deref(), raft.durable_at_start());
     info!(node = %me.name, role = ?me.role, "cluster member starting");
 
     let mut next_wake = clock.now_ms();
@@ -225,14 +294,41 @@ pub async fn run(
     loop {
         let sleep_ms = next_wake.saturating_sub(clock.now_ms());
         let event = tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => Event::Tick,
-            Some(cmd) = append_rx.recv() => Event::Appended(cmd),
+            _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => Some(Event::Tick),
+            Some(request) = lease_rx.recv() => {
+                // Answered from memory at once; nothing else to decide.
+                answer_lease_request(&mut engine, request, clock.now_ms());
+                None
+            }
+            Some(cmd) = append_rx.recv() => Some(Event::Appended(cmd)),
             Ok(()) = applied.changed() => {
                 let snapshot = applied.borrow_and_update().clone();
-                Event::Applied(Arc::new(snapshot.state.clone()))
+                let installed = snapshot.durable_snapshot.clone();
+                let changed = match (&installed, &durable_snapshot) {
+                    (Some(new), Some(old)) => !Arc::ptr_eq(new, old),
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                if changed {
+                    if let Some(state) = &installed {
+                        let actions = engine.on_event(Event::DurableState(state.clone()), clock.now_ms());
+                        exec.perform_all(actions, &engine);
+                    }
+                    durable_snapshot = installed;
+                }
+                Some(Event::Applied {
+                    state: Arc::new(snapshot.state.clone()),
+                    index: snapshot.last_applied_index,
+                })
             }
-            Some(done) = done_rx.recv() => match done {
+            Some(done) = done_rx.recv() => Some(match done {
                 Done::Proposal { token, result } => Event::ProposalDone { token, result },
+                Done::RenewalAck { from, ack } => Event::RenewalAnswered { from, ack },
+                Done::GuardReady => {
+                    info!("guard ready: this run controls the node's resources");
+                    Event::GuardReady
+                }
+                Done::GateAnswer { from, query, answer } => Event::GateAnswered { from, query, answer },
                 Done::Started { group, epoch, result } => {
                     if result.is_ok() {
                         // Monitors begin once everything is up, so a resource still
@@ -250,7 +346,7 @@ pub async fn run(
                     warn!(%group, "monitor failed: {reason}");
                     Event::MonitorFailed { group, epoch, reason }
                 }
-            },
+            }),
             Some(new) = reload.recv() => {
                 match reload_refusal(&config, &new) {
                     Some(why) => warn!("reload refused: {why}; keeping the running config"),
@@ -261,13 +357,16 @@ pub async fn run(
                         config = new;
                     }
                 }
-                Event::Tick
+                Some(Event::Tick)
             }
             Ok(()) = shutdown.changed(), if shutdown_at.is_none() => {
                 info!("shutting down: stopping groups and handing them over");
                 shutdown_at = Some(tokio::time::Instant::now() + SHUTDOWN_DEADLINE);
-                Event::Shutdown
+                Some(Event::Shutdown)
             }
+        };
+        let Some(event) = event else {
+            continue;
         };
         let now = clock.now_ms();
         let leading = raft.status().is_leader;
@@ -311,6 +410,7 @@ pub async fn run(
         }
     }
     exec.proposals.shutdown().await;
+    exec.lease_calls.shutdown().await;
     drop(exec);
     match Arc::try_unwrap(raft) {
         Ok(raft) => raft.shutdown().await,
@@ -330,21 +430,70 @@ impl Executor {
             .unwrap_or_default()
     }
 
-    /// Publishes the current lease to the start tasks first: a start decided by
+    /// Publishes each group's claim to the start tasks first: a start decided by
     /// this very event may already run on another worker thread.
     fn perform_all(&mut self, actions: Vec<Action>, engine: &NodeEngine) {
-        let start_deadline = engine
-            .agent()
-            .lease_until()
-            .saturating_sub(engine.topology().stop_margin_ms);
-        self.runner.set_start_deadline(start_deadline);
+        let margin = engine.topology().stop_margin_ms;
+        for spec in &engine.topology().groups {
+            let until = engine.agent().claim_until(&spec.name).unwrap_or(0);
+            self.runner
+                .set_start_deadline(spec.name.as_str(), until.saturating_sub(margin));
+        }
         for action in actions {
             self.perform(action);
         }
     }
 
+    /// Sends `body` to every other voter; each answer comes back through
+    /// `done_tx` as made by `done`.
+    fn broadcast<T, F>(&mut self, service: u16, body: Vec<u8>, done: F)
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+        F: Fn(uphold_core::NodeId, T) -> Option<Done> + Clone + Send + 'static,
+    {
+        while self.lease_calls.try_join_next().is_some() {}
+        for (id, name, addr) in self.peers.clone() {
+            let rpc = self.rpc.clone();
+            let tx = self.done_tx.clone();
+            let body = body.clone();
+            let done = done.clone();
+            let timeout = self.lease_call_timeout;
+            self.lease_calls.spawn(async move {
+                match rpc.call(&name, addr, service, body, timeout).await {
+                    Ok(bytes) => match lease_service::decode::<T>("lease answer", &bytes) {
+                        Ok(answer) => {
+                            if let Some(message) = done(id, answer) {
+                                let _ = tx.send(message);
+                            }
+                        }
+                        Err(e) => warn!(member = %name, "{e}"),
+                    },
+                    // An unreachable member is reported by status; each renewal
+                    // tries again.
+                    Err(e) => tracing::debug!(member = %name, "lease message not answered: {e}"),
+                }
+            });
+        }
+    }
+
     fn perform(&mut self, action: Action) {
         match action {
+            Action::SendRenewal(renewal) => match lease_service::encode("renewal", &renewal) {
+                Ok(body) => self.broadcast(LEASE_RENEW, body, |from, ack: Option<RenewalAck>| {
+                    ack.map(|ack| Done::RenewalAck { from, ack })
+                }),
+                Err(e) => error!("{e}"),
+            },
+            Action::SendGateQuery(query) => match lease_service::encode("gate query", &query) {
+                Ok(body) => self.broadcast(LEASE_GATE, body, move |from, answer: GateAnswer| {
+                    Some(Done::GateAnswer {
+                        from,
+                        query: query.clone(),
+                        answer,
+                    })
+                }),
+                Err(e) => error!("{e}"),
+            },
             Action::Propose { token, command } => {
                 let raft = self.raft.clone();
                 let tx = self.done_tx.clone();
@@ -528,6 +677,22 @@ impl Executor {
     }
 }
 
+/// Answers a member's renewal or gate query from the engine, at once.
+fn answer_lease_request(engine: &mut NodeEngine, request: LeaseRequest, now: Millis) {
+    match request {
+        LeaseRequest::Renew {
+            from,
+            renewal,
+            reply,
+        } => {
+            let _ = reply.send(engine.on_renewal(from, &renewal, now));
+        }
+        LeaseRequest::Gate { from, query, reply } => {
+            let _ = reply.send(engine.on_gate_query(from, &query, now));
+        }
+    }
+}
+
 /// Numbers the runs of the daemon on this node: read the last one from the state
 /// directory, add one, write it back durably before use. Growing numbers let the
 /// replicated state ignore a delayed message of an earlier run.
@@ -590,7 +755,7 @@ fn build_status(
         .members
         .iter()
         .map(|m| {
-            let seen = engine.liveness().get(m.id).filter(|s| s.renewal.is_some());
+            let seen = engine.liveness().get(m.id).filter(|s| s.heard);
             MemberStatus {
                 name: m.name.to_string(),
                 address: m.address.to_string(),
@@ -615,6 +780,7 @@ fn build_status(
                 owner: gs.owner.map(name_of),
                 epoch: gs.epoch,
                 local_phase: engine.agent().phase(&g.name).map(|p| match p {
+                    crate::engine::GroupPhase::Waiting => "waiting".to_string(),
                     crate::engine::GroupPhase::Starting => "starting".to_string(),
                     crate::engine::GroupPhase::Running => "running".to_string(),
                     crate::engine::GroupPhase::Stopping { .. } => "stopping".to_string(),

@@ -3,7 +3,7 @@
 
 use crate::engine::StopKind;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
@@ -34,10 +34,10 @@ const ARP_GAP: Duration = Duration::from_millis(100);
 pub struct ResourceRunner {
     netlink: Arc<Netlink>,
     node: String,
-    /// CLOCK_MONOTONIC ms until which this node may still start things: the
-    /// lease end minus the stop margin, kept current by the executor. A start
-    /// that resumes after a pause checks it before every step.
-    start_deadline: Arc<AtomicU64>,
+    /// Per group, CLOCK_MONOTONIC ms until which this node may still start its
+    /// resources: the claim's end minus the stop margin, kept current by the
+    /// executor. A start that resumes after a pause checks it before every step.
+    start_deadlines: Arc<Mutex<BTreeMap<String, u64>>>,
     /// Per group: set when the group is being stopped, so address announcements
     /// still in progress end at once.
     announcing: Arc<Mutex<BTreeMap<String, Arc<AtomicBool>>>>,
@@ -54,17 +54,30 @@ impl ResourceRunner {
         ResourceRunner {
             netlink,
             node: node.to_string(),
-            start_deadline: Arc::new(AtomicU64::new(0)),
+            start_deadlines: Arc::new(Mutex::new(BTreeMap::new())),
             announcing: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
 
-    pub fn set_start_deadline(&self, deadline_ms: u64) {
-        self.start_deadline.store(deadline_ms, Ordering::SeqCst);
+    pub fn set_start_deadline(&self, group: &str, deadline_ms: u64) {
+        if let Ok(mut deadlines) = self.start_deadlines.lock() {
+            match deadlines.get_mut(group) {
+                Some(current) => *current = deadline_ms,
+                None => {
+                    deadlines.insert(group.to_string(), deadline_ms);
+                }
+            }
+        }
     }
 
-    fn may_start(&self) -> bool {
-        uphold_os::clock::monotonic_now_ms() < self.start_deadline.load(Ordering::SeqCst)
+    fn may_start(&self, group: &str) -> bool {
+        let deadline = self
+            .start_deadlines
+            .lock()
+            .ok()
+            .and_then(|d| d.get(group).copied())
+            .unwrap_or(0);
+        uphold_os::clock::monotonic_now_ms() < deadline
     }
 
     /// What every exec command learns about its context, like heartbeat's
@@ -80,7 +93,7 @@ impl ResourceRunner {
     /// are left for the caller's stop (which undoes all of them, idempotently).
     pub async fn start_all(&self, group: &str, resources: &[ResourceSpec]) -> Result<(), String> {
         for resource in resources {
-            if !self.may_start() {
+            if !self.may_start(group) {
                 return Err(format!(
                     "{}: the lease ended before the group finished starting",
                     resource.label()
@@ -144,7 +157,7 @@ impl ResourceRunner {
     }
 
     async fn start_ip(&self, group: &str, ip: &IpResource) -> Result<(), String> {
-        if !self.may_start() {
+        if !self.may_start(group) {
             return Err("the lease ended before the address was added".into());
         }
         let outcome = netlink_call(
@@ -164,12 +177,13 @@ impl ResourceRunner {
             announcing.insert(group.to_string(), cancel.clone());
         }
         let runner = self.clone();
+        let group_name = group.to_string();
         // Announcements are spaced out; they must not delay the next resource,
         // and they stop the moment the group stops or the lease runs low: a late
         // announcement would pull clients back from the new owner.
         tokio::task::spawn_blocking(move || {
             for i in 0..count {
-                if cancel.load(Ordering::SeqCst) || !runner.may_start() {
+                if cancel.load(Ordering::SeqCst) || !runner.may_start(&group_name) {
                     break;
                 }
                 if let Err(e) = uphold_os::arp::announce(&interface, address, 1, Duration::ZERO) {

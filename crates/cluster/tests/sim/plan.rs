@@ -2,7 +2,7 @@
 //! function that runs one seed from start to final check.
 
 use super::raft::RaftTiming;
-use super::world::{FailoverSample, FaultPlan, GroupCfg, SimConfig, World, MS};
+use super::world::{FailoverSample, FaultPlan, GroupCfg, PlanKind, SimConfig, World, MS};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -119,14 +119,14 @@ pub fn random_plan(rng: &mut ChaCha8Rng) -> FaultPlan {
     let from_ms = rng.gen_range(1500..=3000);
     if rng.gen_bool(0.35) {
         FaultPlan {
-            crash_only: true,
+            kind: PlanKind::CrashOnly,
             from_us: from_ms * MS,
             until_us: (from_ms + rng.gen_range(8_000..=16_000)) * MS,
             mean_gap_ms: 4000,
         }
     } else {
         FaultPlan {
-            crash_only: false,
+            kind: PlanKind::Mixed,
             from_us: from_ms * MS,
             until_us: (from_ms + rng.gen_range(5_000..=14_000)) * MS,
             mean_gap_ms: *[300, 700, 1500].choose(rng).expect("gap"),
@@ -150,7 +150,40 @@ pub fn run_seed(seed: u64, full_trace: bool) -> Result<SeedReport, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let cfg = random_config(&mut rng);
     let plan = random_plan(&mut rng);
+    run_world(seed, cfg, plan, rng, full_trace)
+}
+
+/// Runs one seed of slow disks alone: a random cluster on a network that loses
+/// and delays nothing unusual, where nothing crashes or fails, and disk stalls
+/// of up to several seconds hit any member, the leader, an owner, a majority or
+/// everyone. No group may stop or move from the start of the stalls on.
+pub fn run_disk_seed(seed: u64, full_trace: bool) -> Result<SeedReport, String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut cfg = random_config(&mut rng);
+    cfg.net_loss = 0.0;
+    cfg.slow_msg_prob = 0.0;
+    cfg.start_fail_prob = 0.0;
+    let from_ms = rng.gen_range(3000..=4000);
+    let plan = FaultPlan {
+        kind: PlanKind::DiskOnly,
+        from_us: from_ms * MS,
+        until_us: (from_ms + rng.gen_range(10_000..=20_000)) * MS,
+        mean_gap_ms: *[500, 1500, 3000].choose(&mut rng).expect("gap"),
+    };
+    run_world(seed, cfg, plan, rng, full_trace)
+}
+
+fn run_world(
+    seed: u64,
+    cfg: SimConfig,
+    plan: FaultPlan,
+    rng: ChaCha8Rng,
+    full_trace: bool,
+) -> Result<SeedReport, String> {
     let mut world = World::new(seed, cfg, rng, full_trace);
+    if plan.kind == PlanKind::DiskOnly {
+        world.no_moves_after = Some(plan.from_us);
+    }
     world.set_plan(plan.clone());
     let mut result = world.run_until(plan.until_us);
     // The final check may move later (failure marks need clearing first).

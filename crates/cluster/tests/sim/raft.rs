@@ -12,7 +12,9 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet};
-use uphold_cluster::engine::{ApplyResult, ClusterState, Command};
+use uphold_cluster::engine::{
+    ApplyResult, ClusterState, Command, GateAnswer, GateQuery, Renewal, RenewalAck,
+};
 use uphold_core::Millis;
 
 /// Whole log entries per AppendEntries message: a lagging follower catches up in
@@ -80,6 +82,14 @@ pub enum Msg {
         token: u64,
         result: Option<ApplyResult>,
     },
+    /// The lease protocol between daemons (not Raft): a renewal and its answer.
+    Renew(Renewal),
+    RenewAck(RenewalAck),
+    Gate(GateQuery),
+    GateReply {
+        query: GateQuery,
+        answer: GateAnswer,
+    },
 }
 
 impl Msg {
@@ -89,7 +99,12 @@ impl Msg {
             | Msg::VoteResp { term, .. }
             | Msg::Append { term, .. }
             | Msg::AppendResp { term, .. } => Some(*term),
-            Msg::Forward { .. } | Msg::Reply { .. } => None,
+            Msg::Forward { .. }
+            | Msg::Reply { .. }
+            | Msg::Renew(_)
+            | Msg::RenewAck(_)
+            | Msg::Gate(_)
+            | Msg::GateReply { .. } => None,
         }
     }
 }
@@ -117,11 +132,14 @@ pub struct RaftTiming {
     pub snapshots: bool,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Out {
     Send(usize, Msg),
     /// An entry carrying a command was appended to this member's log.
     Appended(Command),
+    /// Entries up to this index arrived as a snapshot (openraft installs it as a
+    /// whole; the log store's append hook does not see them).
+    SnapshotInstalled(u64),
     Leadership(bool),
     /// The commit index moved: schedule application.
     Commit,
@@ -435,6 +453,7 @@ impl Raft {
                     return;
                 }
                 let mut idx = prev_idx;
+                let mut installed = 0;
                 for entry in entries {
                     idx += 1;
                     if idx <= self.last_idx() {
@@ -453,7 +472,13 @@ impl Raft {
                             out.push(Out::Appended(cmd.clone()));
                         }
                     }
+                    if idx <= snapshot_upto {
+                        installed = idx;
+                    }
                     self.log.push(entry);
+                }
+                if installed > 0 {
+                    out.push(Out::SnapshotInstalled(installed));
                 }
                 let new_commit = commit.min(idx);
                 if new_commit > self.commit {
@@ -485,8 +510,25 @@ impl Raft {
                     self.send_append(from, out);
                 }
             }
-            Msg::Forward { .. } | Msg::Reply { .. } => {}
+            Msg::Forward { .. }
+            | Msg::Reply { .. }
+            | Msg::Renew(_)
+            | Msg::RenewAck(_)
+            | Msg::Gate(_)
+            | Msg::GateReply { .. } => {}
         }
+    }
+
+    /// The state after applying the log up to `upto` from scratch (what a
+    /// snapshot of that prefix holds).
+    pub fn state_at(&self, upto: u64) -> ClusterState {
+        let mut state = ClusterState::default();
+        for entry in self.log.iter().take(upto as usize) {
+            if let Payload::Cmd(cmd) = &entry.payload {
+                state.apply(cmd);
+            }
+        }
+        state
     }
 
     /// Applies every committed entry not yet applied, in log order. Returns the

@@ -7,10 +7,20 @@
 //! seeded ChaCha RNG, only ordered maps: a seed replays exactly.
 //!
 //! The safety invariant (a group is active on at most one node, never on a
-//! witness) is checked whenever a resource comes up; liveness after healing is
-//! checked by scheduled deadlines.
+//! witness) is checked whenever a resource comes up; so is "one controller per
+//! resource per node" (a restarted daemon never drives a resource while the
+//! guard of its crashed predecessor is still undoing it). Liveness after healing
+//! is checked by scheduled deadlines, and plans of disk stalls alone check that
+//! a slow disk never moves a group.
+//!
+//! Disks: every member's log writes may stall (a flush taking seconds). What
+//! openraft does only once a write is durable waits for the member's disk: a
+//! follower's append acknowledgement, a vote, a candidate's vote requests, the
+//! log store's append hook. Heartbeats, leases and applying do not. A stalled
+//! write is slow, not lost: crashes lose no acknowledged write in this model.
 
 use super::clock::LocalClock;
+use super::raft::Out as RaftOut;
 use super::raft::{Msg, Origin, Out, Raft, RaftTiming, Role};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -92,11 +102,22 @@ impl SimConfig {
     }
 }
 
+/// Which faults a plan injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanKind {
+    /// Every kind of fault.
+    Mixed,
+    /// Only crashes of daemons and machines, spaced out: clean failover samples.
+    CrashOnly,
+    /// Only disk stalls, with the network whole and nothing crashing: no group
+    /// may move or stop (checked from the start of the plan).
+    DiskOnly,
+}
+
 /// Random fault injection: what to inject, and when.
 #[derive(Clone, Debug)]
 pub struct FaultPlan {
-    /// Only crashes of daemons and machines, spaced out: clean failover samples.
-    pub crash_only: bool,
+    pub kind: PlanKind,
     pub from_us: u64,
     pub until_us: u64,
     pub mean_gap_ms: u64,
@@ -137,6 +158,14 @@ pub enum Fault {
         extra_us: u64,
     },
     SlowLinkEnd(u64),
+    /// Every log write of these members takes `latency_us` (and waits for the
+    /// writes before it) until `DiskStallEnd`.
+    DiskStall {
+        id: u64,
+        members: Vec<usize>,
+        latency_us: u64,
+    },
+    DiskStallEnd(u64),
     MonitorFail {
         m: usize,
         g: usize,
@@ -215,6 +244,18 @@ enum Ev {
         g: usize,
         until: Millis,
     },
+    /// The guard of a dead daemon finished undoing the group.
+    GuardUndone {
+        m: usize,
+        boot: u64,
+        g: usize,
+    },
+    /// Raft outputs of daemon run `inc` that waited for its log writes.
+    DiskDone {
+        m: usize,
+        inc: u64,
+        outs: Vec<RaftOut>,
+    },
     Fault(Fault),
     Check(Check),
 }
@@ -229,8 +270,9 @@ impl Ev {
             | Ev::ApplyDue { m, inc }
             | Ev::ProposalTimeout { m, inc, .. }
             | Ev::Exec { m, inc, .. }
-            | Ev::Signal { m, inc } => Some((*m, Some(*inc))),
-            Ev::GuardDeadline { .. } | Ev::Fault(_) | Ev::Check(_) => None,
+            | Ev::Signal { m, inc }
+            | Ev::DiskDone { m, inc, .. } => Some((*m, Some(*inc))),
+            Ev::GuardDeadline { .. } | Ev::GuardUndone { .. } | Ev::Fault(_) | Ev::Check(_) => None,
         }
     }
 }
@@ -312,6 +354,15 @@ pub struct Member {
     pub clock: LocalClock,
     /// The guard process: per group, the local deadline it enforces.
     pub guard: Vec<Option<Millis>>,
+    /// Per group: a dead daemon's guard is still undoing it (stop commands
+    /// running). The next daemon run's guard gets its lock (and the engine
+    /// `GuardReady`) only once every group is undone.
+    pub guard_undoing: Vec<bool>,
+    /// Log writes complete in order, in flushes (group commit): the last
+    /// scheduled flush starts and ends at these times; writes that arrive before
+    /// it starts join it.
+    flush_start: u64,
+    disk_free_at: u64,
     pub raft: Raft,
     pub daemon: Option<Daemon>,
     starts: u64,
@@ -400,6 +451,10 @@ pub struct World {
     loss_bursts: BTreeMap<u64, f64>,
     delay_bursts: BTreeMap<u64, u64>,
     slow_links: BTreeMap<u64, (usize, usize, u64)>,
+    /// Active disk stalls: id -> (members, latency).
+    disk_stalls: BTreeMap<u64, (Vec<usize>, u64)>,
+    /// From this time on, no group may stop or move (disk-only plans).
+    pub no_moves_after: Option<u64>,
     next_id: u64,
     inbox: VecDeque<(usize, u64, Event)>,
     ring: VecDeque<TraceRec>,
@@ -439,7 +494,11 @@ impl World {
                 failback: g.failback,
             })
             .collect();
-        let topo = Topology::with_timing(node_ids, specs, cfg.lease_ms, cfg.renew_ms, 0.01);
+        let witnesses: Vec<NodeId> = (cfg.nodes().len()..n)
+            .map(|m| node_id_for(&cfg.member_name(m)))
+            .collect();
+        let topo = Topology::with_timing(node_ids, specs, cfg.lease_ms, cfg.renew_ms, 0.01)
+            .with_witnesses(&witnesses);
         let groups: Vec<GroupName> = topo.groups.iter().map(|g| g.name.clone()).collect();
         let members = (0..n)
             .map(|m| {
@@ -457,6 +516,9 @@ impl World {
                     boot: 0,
                     clock: LocalClock::new(rng.gen_range(0..1_000_000_000), cfg.ppm[m]),
                     guard: vec![None; groups.len()],
+                    guard_undoing: vec![false; groups.len()],
+                    flush_start: 0,
+                    disk_free_at: 0,
                     raft: Raft::new(m, n, timing),
                     daemon: None,
                     starts: 0,
@@ -481,6 +543,8 @@ impl World {
             loss_bursts: BTreeMap::new(),
             delay_bursts: BTreeMap::new(),
             slow_links: BTreeMap::new(),
+            disk_stalls: BTreeMap::new(),
+            no_moves_after: None,
             next_id: 1,
             inbox: VecDeque::new(),
             ring: VecDeque::new(),
@@ -708,6 +772,7 @@ impl World {
             Ev::Fault(f) => self.apply_fault(f),
             Ev::Check(c) => self.check(c),
             Ev::GuardDeadline { m, boot, g, until } => self.guard_deadline(m, boot, g, until),
+            Ev::GuardUndone { m, boot, g } => self.guard_undone(m, boot, g),
             other => {
                 let (m, inc) = other.daemon_target().expect("daemon event");
                 let member = &mut self.members[m];
@@ -750,6 +815,36 @@ impl World {
                     if for_inc == inc {
                         self.proposal_done(m, token, result);
                     }
+                }
+                Msg::Renew(renewal) => {
+                    let now = self.local(m);
+                    let id = self.members[from].id;
+                    let d = self.members[m].daemon.as_mut().expect("daemon");
+                    if let Some(ack) = d.engine.on_renewal(id, &renewal, now) {
+                        self.send(m, from, Msg::RenewAck(ack));
+                    }
+                }
+                Msg::RenewAck(ack) => {
+                    let from = self.members[from].id;
+                    self.feed(m, Event::RenewalAnswered { from, ack });
+                }
+                Msg::Gate(query) => {
+                    let now = self.local(m);
+                    let id = self.members[from].id;
+                    let d = self.members[m].daemon.as_ref().expect("daemon");
+                    let answer = d.engine.on_gate_query(id, &query, now);
+                    self.send(m, from, Msg::GateReply { query, answer });
+                }
+                Msg::GateReply { query, answer } => {
+                    let from = self.members[from].id;
+                    self.feed(
+                        m,
+                        Event::GateAnswered {
+                            from,
+                            query,
+                            answer,
+                        },
+                    );
                 }
                 raft_msg => {
                     let now = self.local(m);
@@ -818,19 +913,71 @@ impl World {
                 self.reschedule_wake(m);
             }
             Ev::ApplyDue { .. } => self.apply_committed(m),
+            Ev::DiskDone { outs, .. } => self.process_durable(m, outs),
             Ev::ProposalTimeout { token, .. } => self.proposal_done(m, token, None),
             Ev::Exec { g, step, .. } => self.exec_step(m, g, step),
             Ev::Signal { .. } => self.feed(m, Event::Shutdown),
-            Ev::GuardDeadline { .. } | Ev::Fault(_) | Ev::Check(_) => {}
+            Ev::GuardDeadline { .. } | Ev::GuardUndone { .. } | Ev::Fault(_) | Ev::Check(_) => {}
+        }
+    }
+
+    /// Whether openraft sends or reports this only once the member's log
+    /// write before it is durable.
+    fn waits_for_disk(out: &Out) -> bool {
+        match out {
+            Out::Appended(_) | Out::SnapshotInstalled(_) => true,
+            Out::Send(_, Msg::AppendResp { success, .. }) => *success,
+            Out::Send(_, Msg::VoteResp { granted, .. }) => *granted,
+            Out::Send(_, Msg::Vote { .. }) => true,
+            _ => false,
         }
     }
 
     fn process_outs(&mut self, m: usize, outs: Vec<Out>) {
         let inc = self.daemon_inc(m);
+        let latency = self
+            .disk_stalls
+            .values()
+            .filter(|(members, _)| members.contains(&m))
+            .map(|(_, latency)| *latency)
+            .max();
+        let (durable, outs): (Vec<Out>, Vec<Out>) =
+            if latency.is_some() || self.members[m].disk_free_at > self.now {
+                outs.into_iter().partition(Self::waits_for_disk)
+            } else {
+                (Vec::new(), outs)
+            };
+        if !durable.is_empty() {
+            let member = &mut self.members[m];
+            if member.flush_start <= self.now || member.disk_free_at <= self.now {
+                // The next flush starts once the one in progress ends, and takes
+                // every write queued until then.
+                member.flush_start = member.disk_free_at.max(self.now);
+                member.disk_free_at = member.flush_start + latency.unwrap_or(0);
+            }
+            let ready = member.disk_free_at;
+            self.schedule(
+                ready,
+                Ev::DiskDone {
+                    m,
+                    inc,
+                    outs: durable,
+                },
+            );
+        }
+        self.process_durable(m, outs);
+    }
+
+    fn process_durable(&mut self, m: usize, outs: Vec<Out>) {
+        let inc = self.daemon_inc(m);
         for out in outs {
             match out {
                 Out::Send(to, msg) => self.send(m, to, msg),
                 Out::Appended(cmd) => self.inbox.push_back((m, inc, Event::Appended(cmd))),
+                Out::SnapshotInstalled(upto) => {
+                    let state = Arc::new(self.members[m].raft.state_at(upto));
+                    self.inbox.push_back((m, inc, Event::DurableState(state)));
+                }
                 Out::Leadership(leading) => {
                     let term = self.members[m].raft.term;
                     self.trace(Some(m), Tr::Leader { leading, term });
@@ -983,15 +1130,26 @@ impl World {
                 );
                 self.committed_terms.push(term);
                 if let Some((cmd, result)) = cmd {
+                    let moves = matches!(cmd, Command::Assign { .. } | Command::Release { .. })
+                        && result == ApplyResult::Applied;
+                    if moves && self.no_moves_after.is_some_and(|t| self.now >= t) {
+                        let text = self.names(&format!("{cmd:?}"));
+                        self.fail(
+                            format!("NEEDLESS MOVE: {text} committed with only slow disks"),
+                            &[m],
+                        );
+                    }
                     self.trace(Some(m), Tr::Commit { idx, cmd, result });
                 }
             }
         }
         let state = Arc::new(self.members[m].raft.sm.clone());
+        let index = self.members[m].raft.applied;
         let inc = self.daemon_inc(m);
         // Applied and the proposal answers travel separately in the real
         // executor (a watch channel and RPC replies); either may come first.
-        self.inbox.push_back((m, inc, Event::Applied(state)));
+        self.inbox
+            .push_back((m, inc, Event::Applied { state, index }));
         self.process_outs(m, out);
     }
 
@@ -1015,7 +1173,9 @@ impl World {
             match &event {
                 Event::GroupStarted { .. }
                 | Event::GroupStopped { .. }
-                | Event::MonitorFailed { .. } => {
+                | Event::MonitorFailed { .. }
+                | Event::GateAnswered { .. }
+                | Event::RenewalAnswered { .. } => {
                     let text = format!("{event:?}");
                     self.trace(Some(m), Tr::Engine(text));
                 }
@@ -1066,6 +1226,16 @@ impl World {
         let inc = self.daemon_inc(m);
         let now = self.local(m);
         match action {
+            Action::SendRenewal(renewal) => {
+                for to in (0..self.members.len()).filter(|to| *to != m) {
+                    self.send(m, to, Msg::Renew(renewal.clone()));
+                }
+            }
+            Action::SendGateQuery(query) => {
+                for to in (0..self.members.len()).filter(|to| *to != m) {
+                    self.send(m, to, Msg::Gate(query.clone()));
+                }
+            }
             Action::Propose { token, command } => {
                 let timeout = self.topo.proposal_timeout_ms;
                 let at = self.members[m].clock.real_at(now + timeout, self.now);
@@ -1313,6 +1483,32 @@ impl World {
         }
     }
 
+    fn guard_undone(&mut self, m: usize, boot: u64, g: usize) {
+        if !self.members[m].machine_up || self.members[m].boot != boot {
+            return;
+        }
+        self.members[m].guard_undoing[g] = false;
+        let busy = self.members[m]
+            .daemon
+            .as_ref()
+            .is_some_and(|d| d.exec[g].busy);
+        if busy {
+            self.fail(
+                format!(
+                    "TWO CONTROLLERS: the daemon on {} drove group {} while the guard of its previous run was still undoing it",
+                    self.members[m].name, self.groups[g]
+                ),
+                &[m],
+            );
+            return;
+        }
+        self.set_active(g, m, false, "guard: daemon died");
+        if !self.members[m].guard_undoing.contains(&true) && self.members[m].daemon.is_some() {
+            // The old guard exits and the new one takes its lock.
+            self.feed(m, Event::GuardReady);
+        }
+    }
+
     fn guard_deadline(&mut self, m: usize, boot: u64, g: usize, until: Millis) {
         let member = &self.members[m];
         if !member.machine_up || member.boot != boot || member.guard[g] != Some(until) {
@@ -1339,8 +1535,18 @@ impl World {
             },
         );
         if !on {
+            if self.no_moves_after.is_some_and(|t| self.now >= t) {
+                self.fail(
+                    format!(
+                        "NEEDLESS STOP: group {} stopped on {} ({why}) with only slow disks",
+                        self.groups[g], self.members[m].name
+                    ),
+                    &[m],
+                );
+            }
             return;
         }
+
         if self.members[m].witness {
             self.fail(
                 format!(
@@ -1408,12 +1614,7 @@ impl World {
         for rec in relevant.into_iter().skip(skip) {
             let _ = writeln!(msg, "  {}", self.format_rec(rec));
         }
-        let _ = write!(
-            msg,
-            "replay with: UPHOLD_SIM_SEED={} cargo test -p uphold-cluster --test simulation -- --nocapture",
-            self.seed
-        );
-        self.violation = Some(msg);
+        self.violation = Some(msg.trim_end().to_string());
     }
 
     pub fn describe_config(&self) -> String {
@@ -1617,7 +1818,22 @@ impl World {
             same_ms_wakes: (0, 0),
             shutdown_since: None,
         });
+        // The executor reads the durable log back before it answers anyone.
+        let durable: Vec<Command> = self.members[m]
+            .raft
+            .log
+            .iter()
+            .filter_map(|e| match &e.payload {
+                super::raft::Payload::Cmd(cmd) => Some(cmd.clone()),
+                super::raft::Payload::Blank => None,
+            })
+            .collect();
+        let d = self.members[m].daemon.as_mut().expect("daemon");
+        d.engine.restore_durable(None, durable);
         self.start_ticks(m);
+        if !self.members[m].guard_undoing.contains(&true) {
+            self.feed(m, Event::GuardReady);
+        }
     }
 
     fn start_ticks(&mut self, m: usize) {
@@ -1665,14 +1881,32 @@ impl World {
                     leader: was_leader,
                 });
             }
-            if self.active[g][m] {
-                self.set_active(g, m, false, "guard: daemon died");
+            if self.active[g][m] && !self.members[m].guard_undoing[g] {
+                // The guard sees its input close at once and runs the stop
+                // commands, which take as long as any emergency stop.
+                self.members[m].guard_undoing[g] = true;
+                let (lo, hi) = self.cfg.stop_emergency_us;
+                let delay = self.rng.gen_range(lo..=hi);
+                let boot = self.members[m].boot;
+                self.schedule(self.now + delay, Ev::GuardUndone { m, boot, g });
             }
         }
         let member = &mut self.members[m];
         member.guard.iter_mut().for_each(|x| *x = None);
         member.daemon = None;
         member.raft.role = Role::Follower;
+    }
+
+    /// The machine goes down: its guard, resources and pending writes with it.
+    fn crash_machine(&mut self, m: usize) {
+        self.crash_daemon(m);
+        for g in 0..self.groups.len() {
+            self.members[m].guard_undoing[g] = false;
+            if self.active[g][m] {
+                self.set_active(g, m, false, "machine down");
+            }
+        }
+        self.members[m].machine_up = false;
     }
 
     fn new_clock(&mut self) -> LocalClock {
@@ -1703,8 +1937,7 @@ impl World {
             }
             Fault::CrashMachine(m) => {
                 if self.members[m].machine_up {
-                    self.crash_daemon(m);
-                    self.members[m].machine_up = false;
+                    self.crash_machine(m);
                 }
             }
             Fault::BootMachine(m) => {
@@ -1715,6 +1948,9 @@ impl World {
                     member.boot += 1;
                     member.clock = clock;
                     member.guard.iter_mut().for_each(|x| *x = None);
+                    member.guard_undoing.iter_mut().for_each(|x| *x = false);
+                    member.disk_free_at = 0;
+                    member.flush_start = 0;
                     self.start_daemon(m);
                 }
             }
@@ -1759,6 +1995,16 @@ impl World {
             }
             Fault::SlowLinkEnd(id) => {
                 self.slow_links.remove(&id);
+            }
+            Fault::DiskStall {
+                id,
+                members,
+                latency_us,
+            } => {
+                self.disk_stalls.insert(id, (members, latency_us));
+            }
+            Fault::DiskStallEnd(id) => {
+                self.disk_stalls.remove(&id);
             }
             Fault::MonitorFail { m, g } => {
                 let running = self.members[m]
@@ -1840,6 +2086,7 @@ impl World {
             Fault::LossEnd(id) => !self.loss_bursts.contains_key(id),
             Fault::DelayEnd(id) => !self.delay_bursts.contains_key(id),
             Fault::SlowLinkEnd(id) => !self.slow_links.contains_key(id),
+            Fault::DiskStallEnd(id) => !self.disk_stalls.contains_key(id),
             _ => false,
         }
     }
@@ -1882,6 +2129,16 @@ impl World {
                 )
             }
             Fault::SlowLinkEnd(id) => format!("slow link #{id} ends"),
+            Fault::DiskStall {
+                id,
+                members,
+                latency_us,
+            } => format!(
+                "disk stall #{id}: every log write of {} takes {} ms",
+                members.iter().map(name).collect::<Vec<_>>().join(", "),
+                latency_us / MS
+            ),
+            Fault::DiskStallEnd(id) => format!("disk stall #{id} ends"),
             Fault::MonitorFail { m, g } => {
                 format!("monitor of {} fails on {}", self.groups[*g], name(m))
             }
@@ -1923,6 +2180,7 @@ impl World {
         self.loss_bursts.clear();
         self.delay_bursts.clear();
         self.slow_links.clear();
+        self.disk_stalls.clear();
         for m in 0..self.members.len() {
             if !self.members[m].machine_up {
                 self.apply_fault(Fault::BootMachine(m));
@@ -1932,13 +2190,20 @@ impl World {
                 self.resume(m);
             }
         }
-        self.obs.heal_at = Some(self.now);
+        // Log writes issued during a stall still take their time: nothing can be
+        // placed before the disks have caught up.
+        let drained = self
+            .members
+            .iter()
+            .map(|mb| mb.disk_free_at)
+            .fold(self.now, u64::max);
+        self.obs.heal_at = Some(drained);
         self.obs.up_after_heal = vec![None; self.groups.len()];
         self.schedule(
-            self.now + self.liveness_bound_ms * MS,
+            drained + self.liveness_bound_ms * MS,
             Ev::Check(Check::LivenessDeadline),
         );
-        let final_at = self.now + (self.liveness_bound_ms + self.settle_ms) * MS;
+        let final_at = drained + (self.liveness_bound_ms + self.settle_ms) * MS;
         self.obs.final_at = Some(final_at);
         self.schedule(final_at, Ev::Check(Check::Final));
     }
@@ -2072,7 +2337,10 @@ impl World {
         }
         let n = self.members.len();
         let gap_ms;
-        if plan.crash_only {
+        if plan.kind == PlanKind::DiskOnly {
+            gap_ms = self.rng.gen_range(100..=plan.mean_gap_ms * 2);
+            self.random_disk_stall();
+        } else if plan.kind == PlanKind::CrashOnly {
             gap_ms = self
                 .rng
                 .gen_range(plan.mean_gap_ms / 2..=plan.mean_gap_ms * 3 / 2);
@@ -2097,9 +2365,15 @@ impl World {
             gap_ms = self.rng.gen_range(50..=plan.mean_gap_ms * 2);
             let m = self.rng.gen_range(0..n);
             let dur = |rng: &mut ChaCha8Rng, lo: u64, hi: u64| rng.gen_range(lo..=hi) * MS;
-            match self.rng.gen_range(0..100) {
+            match self.rng.gen_range(0..110) {
                 0..=11 => {
-                    let back = self.now + dur(&mut self.rng, 50, 6000);
+                    // Sometimes restarted at once, as systemd does, while the
+                    // guard of the dead run may still be undoing.
+                    let back = if self.rng.gen_bool(0.3) {
+                        self.now + self.rng.gen_range(0..=20 * MS)
+                    } else {
+                        self.now + dur(&mut self.rng, 50, 6000)
+                    };
                     self.apply_fault(Fault::CrashDaemon(m));
                     self.schedule(back, Ev::Fault(Fault::RestartDaemon(m)));
                 }
@@ -2154,6 +2428,7 @@ impl World {
                     self.schedule(back, Ev::Fault(Fault::SlowLinkEnd(id)));
                 }
                 85..=89 => self.apply_fault(Fault::Shutdown(m)),
+                100..=109 => self.random_disk_stall(),
                 _ => {
                     let running: Vec<(usize, usize)> = (0..self.groups.len())
                         .flat_map(|g| (0..n).map(move |m| (m, g)))
@@ -2173,16 +2448,53 @@ impl World {
         self.schedule(self.now + gap_ms * MS, Ev::Fault(Fault::Next));
     }
 
+    /// A disk stall on one member, the leader, a group's owner, a majority or
+    /// everyone: log writes taking up to several seconds, for up to ten.
+    fn random_disk_stall(&mut self) {
+        let n = self.members.len();
+        let members: Vec<usize> = match self.rng.gen_range(0..5) {
+            0 => vec![self.rng.gen_range(0..n)],
+            1 => self.leader().into_iter().collect(),
+            2 => (0..self.groups.len())
+                .filter_map(|g| self.group_up(g))
+                .take(1)
+                .collect(),
+            3 => {
+                let mut all: Vec<usize> = (0..n).collect();
+                all.shuffle(&mut self.rng);
+                all.truncate(n / 2 + 1);
+                all
+            }
+            _ => (0..n).collect(),
+        };
+        if members.is_empty() {
+            return;
+        }
+        let id = self.new_id();
+        let latency_us = if self.rng.gen_bool(0.5) {
+            self.rng.gen_range(50..=1000) * MS
+        } else {
+            self.rng.gen_range(1000..=5000) * MS
+        };
+        let end = self.now + self.rng.gen_range(200..=10_000) * MS;
+        self.apply_fault(Fault::DiskStall {
+            id,
+            members,
+            latency_us,
+        });
+        self.schedule(end, Ev::Fault(Fault::DiskStallEnd(id)));
+    }
+
     /// Faults aimed at the narrow windows random timing rarely hits: the
     /// proposer crashes or stalls just after proposing a hand-over or placement.
     fn maybe_trigger(&mut self, m: usize, command: &Command) {
         let Some(plan) = &self.plan else { return };
-        if plan.crash_only || self.now < plan.from_us || self.now >= plan.until_us {
+        if plan.kind != PlanKind::Mixed || self.now < plan.from_us || self.now >= plan.until_us {
             return;
         }
         let p = match command {
             Command::Release { .. } | Command::Assign { .. } | Command::RequestMove { .. } => 0.15,
-            Command::Renew { .. } => 0.005,
+            Command::Join { .. } => 0.05,
             Command::ClearFailures { .. } => 0.0,
         };
         if p == 0.0 || !self.rng.gen_bool(p) {
@@ -2312,14 +2624,10 @@ fn is_renewal(what: &Tr) -> bool {
     renewal_of(what).is_some()
 }
 
+/// The member a lease message in the trace belongs to.
 fn renewal_of(what: &Tr) -> Option<NodeId> {
-    let cmd = match what {
-        Tr::Action(Action::Propose { command, .. }) => command,
-        Tr::Done { cmd, .. } | Tr::Commit { cmd, .. } => cmd,
-        _ => return None,
-    };
-    match cmd {
-        Command::Renew { node, .. } => Some(*node),
+    match what {
+        Tr::Action(Action::SendRenewal(renewal)) => Some(renewal.node),
         _ => None,
     }
 }

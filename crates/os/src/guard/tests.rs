@@ -381,7 +381,7 @@ const CHILD_TEST: &str = "guard::tests::guard_child_process";
 #[ignore = "helper run as a child process by the GuardClient tests"]
 fn guard_child_process() {
     if std::env::args().any(|a| a == CHILD_MARKER) {
-        run_guard_process().unwrap();
+        run_guard_process(None).unwrap();
     }
 }
 
