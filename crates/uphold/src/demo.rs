@@ -210,8 +210,12 @@ impl Demo {
         let owner = self.wait_for("the group to start", Duration::from_secs(20), |d| {
             let status = d.status_from(0)?;
             let owner = status.groups.first()?.owner.clone()?;
+            // Started there, not merely starting: the kill below must find a
+            // finished start for the guard to undo.
+            let at_owner = d.status_from(NODES.iter().position(|n| *n == owner)?)?;
+            let phase = at_owner.groups.first()?.local_phase.clone()?;
             let answer = d.ask_service()?;
-            (answer == owner).then_some(owner)
+            (answer == owner && phase == "running").then_some(owner)
         })?;
         let owner_index = NODES
             .iter()
@@ -420,10 +424,18 @@ fn start(listen: &str, pidfile: &Path) -> Result<(), String> {
         .process_group(0)
         .spawn()
         .map_err(|e| e.to_string())?;
+    // The pid goes down before anything else, so a stop that runs while this
+    // start is still waiting (its daemon was killed) finds the service.
+    if let Some(parent) = pidfile.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(pidfile, child.id().to_string())
+        .map_err(|e| format!("{}: {e}", pidfile.display()))?;
     let addr: SocketAddr = listen.parse().map_err(|e| format!("{listen}: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
+            let _ = std::fs::remove_file(pidfile);
             return Err(format!(
                 "service exited at start ({status}); is {listen} in use?"
             ));
@@ -433,15 +445,12 @@ fn start(listen: &str, pidfile: &Path) -> Result<(), String> {
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
+            let _ = std::fs::remove_file(pidfile);
             return Err(format!("service did not listen on {listen} within 3 s"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    if let Some(parent) = pidfile.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-    }
-    std::fs::write(pidfile, child.id().to_string())
-        .map_err(|e| format!("{}: {e}", pidfile.display()))
+    Ok(())
 }
 
 fn stop(pidfile: &Path) -> Result<(), String> {
