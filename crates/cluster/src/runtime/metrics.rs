@@ -19,6 +19,8 @@ pub fn render(cell: &StatusCell) -> String {
     let group_here = Family::<Labels, Gauge>::default();
     let group_epoch = Family::<Labels, Gauge>::default();
     let group_owned = Family::<Labels, Gauge>::default();
+    let group_claim = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let member_heard = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     registry.register(
         "cluster_quorum",
         "1 if this member is in contact with a quorum",
@@ -39,6 +41,16 @@ pub fn render(cell: &StatusCell) -> String {
         "cluster_member_live",
         "1 if the member renewed within a lease",
         member_live.clone(),
+    );
+    registry.register(
+        "cluster_member_last_renewal_seconds",
+        "time since a voter last accepted the member's renewal, as known here",
+        member_heard.clone(),
+    );
+    registry.register(
+        "group_claim_remaining_seconds",
+        "lease left on this member's claim on the group, where it has the group",
+        group_claim.clone(),
     );
     registry.register(
         "group_running_here",
@@ -64,9 +76,11 @@ pub fn render(cell: &StatusCell) -> String {
             term.set(status.term as i64);
             lease.set(status.lease_remaining_ms as f64 / 1000.0);
             for m in &status.members {
-                member_live
-                    .get_or_create(&vec![("member".into(), m.name.clone())])
-                    .set(i64::from(m.live));
+                let labels = vec![("member".to_string(), m.name.clone())];
+                member_live.get_or_create(&labels).set(i64::from(m.live));
+                if let Some(age) = m.last_renewal_age_ms {
+                    member_heard.get_or_create(&labels).set(age as f64 / 1000.0);
+                }
             }
             for g in &status.groups {
                 let labels = vec![("group".to_string(), g.name.clone())];
@@ -74,6 +88,9 @@ pub fn render(cell: &StatusCell) -> String {
                     .get_or_create(&labels)
                     .set(i64::from(g.local_phase.as_deref() == Some("running")));
                 group_epoch.get_or_create(&labels).set(g.epoch as i64);
+                if let Some(ms) = g.claim_remaining_ms {
+                    group_claim.get_or_create(&labels).set(ms as f64 / 1000.0);
+                }
                 group_owned
                     .get_or_create(&labels)
                     .set(i64::from(g.owner.is_some()));

@@ -785,6 +785,10 @@ fn build_status(
                     crate::engine::GroupPhase::Running => "running".to_string(),
                     crate::engine::GroupPhase::Stopping { .. } => "stopping".to_string(),
                 }),
+                claim_remaining_ms: engine
+                    .agent()
+                    .claim_until(&g.name)
+                    .map(|until| until.saturating_sub(now)),
                 failed_on: gs.failed_on.iter().map(|n| name_of(*n)).collect(),
                 move_to: gs.move_to.map(name_of),
                 last_transition: gs.last_transition.as_ref().map_or("-".to_string(), |t| {

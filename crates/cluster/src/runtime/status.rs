@@ -27,8 +27,9 @@ pub struct MemberStatus {
     pub name: String,
     pub address: String,
     pub role: String,
-    /// As seen by the answering member: milliseconds since this member's latest
-    /// renewal reached the log (None: none seen since start; witnesses never renew).
+    /// As seen by the answering member: milliseconds since a voter (itself, or
+    /// one that reported it) last accepted this member's renewal (None: none
+    /// heard of since the answering member started).
     pub last_renewal_age_ms: Option<u64>,
     pub live: bool,
     pub is_leader: bool,
@@ -40,8 +41,14 @@ pub struct GroupStatus {
     /// Owner according to the committed log.
     pub owner: Option<String>,
     pub epoch: u64,
-    /// What the answering member is doing with the group locally.
+    /// What the answering member is doing with the group locally: "waiting"
+    /// (for a quorum to grant its claim, for the start gate, or for the guard of
+    /// an earlier run), "starting", "running" or "stopping".
     pub local_phase: Option<String>,
+    /// Milliseconds left of the answering member's granted claim on the group,
+    /// when it has the group locally.
+    #[serde(default)]
+    pub claim_remaining_ms: Option<u64>,
     pub failed_on: Vec<String>,
     pub move_to: Option<String>,
     pub last_transition: String,
