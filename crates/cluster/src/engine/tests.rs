@@ -85,6 +85,60 @@ fn query(epoch: u64, applied_index: u64) -> GateQuery {
     }
 }
 
+/// Voters `from` answer A's gate query for `web` at epoch 1 (applied index 5):
+/// fenced, nothing granted for long. The actions of each answer.
+fn open_gate(agent: &mut Agent, topo: &Topology, from: &[u64], at: u64) -> Vec<Vec<AgentAction>> {
+    from.iter()
+        .map(|from| {
+            agent.on_event(
+                AgentEvent::GateAnswered {
+                    from: *from,
+                    query: query(1, 5),
+                    answer: GateAnswer::Fenced { since_ms: 5000 },
+                },
+                at,
+                topo,
+            )
+        })
+        .collect()
+}
+
+/// Voters `from` grant A's renewal `seq` without refusing anything. The
+/// actions of each answer.
+fn grant(
+    agent: &mut Agent,
+    topo: &Topology,
+    seq: u64,
+    from: &[u64],
+    at: u64,
+) -> Vec<Vec<AgentAction>> {
+    from.iter()
+        .map(|from| {
+            agent.on_event(
+                AgentEvent::RenewalAnswered {
+                    from: *from,
+                    ack: ack(seq, vec![]),
+                },
+                at,
+                topo,
+            )
+        })
+        .collect()
+}
+
+fn started_at_760() -> Vec<AgentAction> {
+    vec![
+        AgentAction::GuardHold {
+            group: web(),
+            until: 760,
+        },
+        AgentAction::StartGroup {
+            group: web(),
+            epoch: 1,
+        },
+    ]
+}
+
 /// Agent A, joined, owning `web` at epoch 1, running since t=13 with a claim
 /// granted until 810 (renewal 2 sent at 10).
 fn running_agent(topo: &Topology) -> Agent {
@@ -98,46 +152,9 @@ fn running_agent(topo: &Topology) -> Agent {
         10,
         topo,
     );
-    for from in [A, B] {
-        agent.on_event(
-            AgentEvent::GateAnswered {
-                from,
-                query: query(1, 5),
-                answer: GateAnswer::Fenced { since_ms: 5000 },
-            },
-            12,
-            topo,
-        );
-    }
-    agent.on_event(
-        AgentEvent::RenewalAnswered {
-            from: A,
-            ack: ack(2, vec![]),
-        },
-        13,
-        topo,
-    );
-    let started = agent.on_event(
-        AgentEvent::RenewalAnswered {
-            from: B,
-            ack: ack(2, vec![]),
-        },
-        13,
-        topo,
-    );
-    assert_eq!(
-        started,
-        vec![
-            AgentAction::GuardHold {
-                group: web(),
-                until: 760
-            },
-            AgentAction::StartGroup {
-                group: web(),
-                epoch: 1
-            },
-        ]
-    );
+    open_gate(&mut agent, topo, &[A, B], 12);
+    let granted = grant(&mut agent, topo, 2, &[A, B], 13);
+    assert_eq!(granted, vec![vec![], started_at_760()]);
     agent.on_event(
         AgentEvent::GroupStarted {
             group: web(),
@@ -224,19 +241,7 @@ fn agent_joins_renews_and_starts_only_with_a_granted_claim_and_an_open_gate() {
         13,
         &topo,
     );
-    assert_eq!(
-        actions,
-        vec![
-            AgentAction::GuardHold {
-                group: web(),
-                until: 760
-            },
-            AgentAction::StartGroup {
-                group: web(),
-                epoch: 1
-            },
-        ]
-    );
+    assert_eq!(actions, started_at_760());
     assert_eq!(agent.claim_until(&web()), Some(810));
 }
 
@@ -255,26 +260,11 @@ fn agent_does_not_start_before_its_join_is_in_the_log() {
         10,
         &topo,
     );
-    for from in [A, B] {
-        agent.on_event(
-            AgentEvent::GateAnswered {
-                from,
-                query: query(1, 5),
-                answer: GateAnswer::Fenced { since_ms: 5000 },
-            },
-            12,
-            &topo,
-        );
-        let actions = agent.on_event(
-            AgentEvent::RenewalAnswered {
-                from,
-                ack: ack(2, vec![]),
-            },
-            13,
-            &topo,
-        );
-        assert_eq!(actions, vec![]);
-    }
+    open_gate(&mut agent, &topo, &[A, B], 12);
+    assert_eq!(
+        grant(&mut agent, &topo, 2, &[A, B], 13),
+        vec![vec![], vec![]]
+    );
     // The Join arrives: now it starts.
     let actions = agent.on_event(
         AgentEvent::Applied {
@@ -284,19 +274,7 @@ fn agent_does_not_start_before_its_join_is_in_the_log() {
         20,
         &topo,
     );
-    assert_eq!(
-        actions,
-        vec![
-            AgentAction::GuardHold {
-                group: web(),
-                until: 760
-            },
-            AgentAction::StartGroup {
-                group: web(),
-                epoch: 1
-            },
-        ]
-    );
+    assert_eq!(actions, started_at_760());
 }
 
 #[test]
@@ -312,26 +290,11 @@ fn agent_starts_nothing_while_an_earlier_runs_guard_is_undoing() {
         10,
         &topo,
     );
-    for from in [A, B] {
-        agent.on_event(
-            AgentEvent::GateAnswered {
-                from,
-                query: query(1, 5),
-                answer: GateAnswer::Fenced { since_ms: 5000 },
-            },
-            12,
-            &topo,
-        );
-        let actions = agent.on_event(
-            AgentEvent::RenewalAnswered {
-                from,
-                ack: ack(2, vec![]),
-            },
-            13,
-            &topo,
-        );
-        assert_eq!(actions, vec![]);
-    }
+    open_gate(&mut agent, &topo, &[A, B], 12);
+    assert_eq!(
+        grant(&mut agent, &topo, 2, &[A, B], 13),
+        vec![vec![], vec![]]
+    );
     // The group stays claimed here (no move) until the old guard is done.
     assert_eq!(agent.phase(&web()), Some(&GroupPhase::Waiting));
     assert_eq!(

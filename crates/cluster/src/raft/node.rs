@@ -218,6 +218,16 @@ fn warn_if_membership_differs(raft: &Raft, cluster: &ClusterConfig) {
     }
 }
 
+fn member_id(cluster: &ClusterConfig, me: &NodeName) -> Result<NodeId, RaftStartError> {
+    cluster
+        .member(me.as_str())
+        .map(|m| m.id)
+        .ok_or_else(|| RaftStartError::NotAMember {
+            me: me.clone(),
+            cluster: cluster.name.clone(),
+        })
+}
+
 /// Every command in the log, read before openraft takes the store over.
 async fn read_commands(log_store: &mut LogStore) -> Result<Vec<Command>, RaftStartError> {
     use openraft::storage::RaftLogStorage;
@@ -276,13 +286,7 @@ impl RaftNode {
         transport: Arc<dyn Transport>,
         compaction: Compaction,
     ) -> Result<RaftNode, RaftStartError> {
-        let member = cluster
-            .member(me.as_str())
-            .ok_or_else(|| RaftStartError::NotAMember {
-                me: me.clone(),
-                cluster: cluster.name.clone(),
-            })?;
-        let id = member.id;
+        let id = member_id(cluster, me)?;
         std::fs::create_dir_all(state_dir).map_err(|source| RaftStartError::StateDir {
             path: state_dir.to_path_buf(),
             source,
@@ -303,13 +307,7 @@ impl RaftNode {
         transport: Arc<dyn Transport>,
         compaction: Compaction,
     ) -> Result<RaftNode, RaftStartError> {
-        let id = cluster
-            .member(me.as_str())
-            .ok_or_else(|| RaftStartError::NotAMember {
-                me: me.clone(),
-                cluster: cluster.name.clone(),
-            })?
-            .id;
+        let id = member_id(cluster, me)?;
         Self::start_on(cluster, me, id, state_dir, log_store, transport, compaction).await
     }
 

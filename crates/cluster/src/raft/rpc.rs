@@ -54,6 +54,16 @@ pub(crate) enum ProposeReply {
     },
 }
 
+/// The node id of `peer`, the name its TLS certificate proves; a stranger is
+/// refused.
+pub(crate) fn member_id(members: &[(NodeName, NodeId)], peer: &NodeName) -> Result<NodeId, String> {
+    members
+        .iter()
+        .find(|(name, _)| name == peer)
+        .map(|(_, id)| *id)
+        .ok_or_else(|| format!("{peer} is not a member of this cluster"))
+}
+
 pub(crate) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, String> {
     postcard::to_allocvec(value).map_err(|e| format!("encoding {what}: {e}"))
 }
@@ -89,13 +99,7 @@ impl RaftRpcHandler {
         let raft = self.raft.clone();
         let members = self.members.clone();
         Box::pin(async move {
-            let Some(peer_id) = members
-                .iter()
-                .find(|(name, _)| *name == peer)
-                .map(|(_, id)| *id)
-            else {
-                return Err(format!("{peer} is not a member of this cluster"));
-            };
+            let peer_id = member_id(&members, &peer)?;
             match service {
                 RAFT_APPEND => {
                     let req: AppendEntriesRequest<TypeConfig> = decode("append request", &body)?;

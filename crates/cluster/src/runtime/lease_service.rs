@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use uphold_core::{NodeId, NodeName};
 use uphold_proto::RpcHandler;
 
 use crate::engine::{GateAnswer, GateQuery, Renewal, RenewalAck};
+use crate::raft::rpc::member_id;
+pub(crate) use crate::raft::rpc::{decode, encode};
 
 /// A renewal: [`Renewal`] -> `Option<RenewalAck>` (None: ignored, an earlier run).
 pub const LEASE_RENEW: u16 = 5;
@@ -40,14 +41,6 @@ pub enum LeaseRequest {
         query: GateQuery,
         reply: oneshot::Sender<GateAnswer>,
     },
-}
-
-pub fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, String> {
-    postcard::to_allocvec(value).map_err(|e| format!("encoding {what}: {e}"))
-}
-
-pub fn decode<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, String> {
-    postcard::from_bytes(bytes).map_err(|e| format!("decoding {what}: {e}"))
 }
 
 /// Serves [`LEASE_RENEW`] and [`LEASE_GATE`]. The peer's name comes from the
@@ -93,13 +86,7 @@ impl RpcHandler for LeaseHandler {
         let members = self.members.clone();
         let requests = self.requests.clone();
         Box::pin(async move {
-            let Some(from) = members
-                .iter()
-                .find(|(name, _)| *name == peer)
-                .map(|(_, id)| *id)
-            else {
-                return Err(format!("{peer} is not a member of this cluster"));
-            };
+            let from = member_id(&members, &peer)?;
             match service {
                 LEASE_RENEW => {
                     let renewal: Renewal = decode("renewal", &body)?;
