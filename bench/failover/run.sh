@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Failover benchmark: uphold and keepalived side by side on the same faults, in
-# a network-namespace lab (3 nodes + client on a private bridge). Prints a
-# markdown table with ratios. Root only; not a CI test. See README.md.
+# Failover benchmark: uphold and keepalived side by side on the same faults and
+# under the same host pressures, in a network-namespace lab (3 nodes + client on
+# a private bridge). Prints markdown tables with ratios. Root only; not a CI
+# test. See README.md.
 #
 # Environment:
 #   REPS=5                 repetitions per (fault, implementation)
 #   IDLE_SECS=30           idle CPU/RSS window per implementation (0 = skip)
 #   IMPLS="uphold keepalived-1s keepalived-fast"
-#   FAULTS="link-down service-kill daemon-kill partition pause sigterm"
+#   FAULTS="link-down service-kill daemon-kill partition pause sigterm partial-partition"
+#   PRESSURES="disk-flush small-fsyncs cpu memory"   (empty = no stress rows)
+#   STRESS_SECS=600        how long each pressure runs (the issue's 10 minutes)
+#   STRESS_REPS=1          stress runs per (pressure, implementation)
+#   DD_MIB=3000            disk-flush: MiB per dd round
+#   UPHOLD_BIN=PATH        benchmark this uphold binary instead of building one
+#                          (e.g. a release build of another commit)
 #   OUT=DIR                where results go (default target/bench-failover/<time>)
 #   KEEP_LOGS=1            keep every lab directory (configs, daemon logs, traces)
 set -euo pipefail
@@ -15,7 +22,11 @@ set -euo pipefail
 REPS=${REPS:-5}
 IDLE_SECS=${IDLE_SECS:-30}
 IMPLS=${IMPLS:-"uphold keepalived-1s keepalived-fast"}
-FAULTS=${FAULTS:-"link-down service-kill daemon-kill partition pause sigterm"}
+FAULTS=${FAULTS-"link-down service-kill daemon-kill partition pause sigterm partial-partition"}
+PRESSURES=${PRESSURES-"disk-flush small-fsyncs cpu memory"}
+STRESS_SECS=${STRESS_SECS:-600}
+STRESS_REPS=${STRESS_REPS:-1}
+DD_MIB=${DD_MIB:-3000}
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
@@ -39,17 +50,20 @@ fi
 
 (cd "$root" && cargo build --release -p uphold-testkit)
 # Built separately so a broken uphold build still leaves the keepalived columns.
-case " $IMPLS " in
-*" uphold "*) (cd "$root" && cargo build --release -p uphold) || echo "run.sh: uphold failed to build" >&2 ;;
-esac
+uphold=${UPHOLD_BIN:-$bin/uphold}
+if [ -z "${UPHOLD_BIN:-}" ]; then
+    case " $IMPLS " in
+    *" uphold "*) (cd "$root" && cargo build --release -p uphold) || echo "run.sh: uphold failed to build" >&2 ;;
+    esac
+fi
 
 lab=$bin/uphold-lab
 extra=()
 if [ "${KEEP_LOGS:-0}" = 1 ]; then extra+=(--keep-logs); fi
 impls=()
 for impl in $IMPLS; do
-    if [ "$impl" = uphold ] && [ ! -x "$bin/uphold" ]; then
-        echo "run.sh: $bin/uphold not built; skipping uphold" >&2
+    if [ "$impl" = uphold ] && [ ! -x "$uphold" ]; then
+        echo "run.sh: $uphold not built; skipping uphold" >&2
         continue
     fi
     impls+=("$impl")
@@ -58,9 +72,11 @@ done
 mkdir -p "$out"
 results=$out/results.jsonl
 idle=$out/idle.jsonl
+stress=$out/stress.jsonl
 : >"$results"
 : >"$idle"
-echo "results in $out ($(keepalived --version 2>&1 | head -1))" >&2
+: >"$stress"
+echo "results in $out ($(keepalived --version 2>&1 | head -1); uphold: $uphold)" >&2
 
 # Interleaved (rep, fault, impl) so slow drift of the machine hits every
 # implementation alike.
@@ -69,7 +85,21 @@ for rep in $(seq 1 "$REPS"); do
         for impl in "${impls[@]}"; do
             echo "[$rep/$REPS] $fault $impl" >&2
             "$lab" failover --impl "$impl" --fault "$fault" --reps 1 --json \
-                --uphold-bin "$bin/uphold" "${extra[@]}" >>"$results" 2>>"$out/stderr.log" ||
+                --uphold-bin "$uphold" "${extra[@]}" >>"$results" 2>>"$out/stderr.log" ||
+                echo "  failed; see $out/stderr.log" >&2
+        done
+    done
+done
+
+# Stress after the faults: the disk pressures leave dirty pages and a busy
+# journal behind that would otherwise land in the fault rows.
+for rep in $(seq 1 "$STRESS_REPS"); do
+    for pressure in $PRESSURES; do
+        for impl in "${impls[@]}"; do
+            echo "[stress $rep/$STRESS_REPS] $pressure $impl (${STRESS_SECS} s)" >&2
+            "$lab" stress --impl "$impl" --pressure "$pressure" --seconds "$STRESS_SECS" \
+                --dd-mib "$DD_MIB" --json --uphold-bin "$uphold" "${extra[@]}" \
+                >>"$stress" 2>>"$out/stderr.log" ||
                 echo "  failed; see $out/stderr.log" >&2
         done
     done
@@ -79,9 +109,9 @@ if [ "$IDLE_SECS" -gt 0 ]; then
     for impl in "${impls[@]}"; do
         echo "idle $impl (${IDLE_SECS} s)" >&2
         "$lab" idle --impl "$impl" --seconds "$IDLE_SECS" --json \
-            --uphold-bin "$bin/uphold" >>"$idle" 2>>"$out/stderr.log" ||
+            --uphold-bin "$uphold" >>"$idle" 2>>"$out/stderr.log" ||
             echo "  failed; see $out/stderr.log" >&2
     done
 fi
 
-"$lab" report "$results" "$idle" | tee "$out/table.md"
+"$lab" report "$results" "$idle" "$stress" | tee "$out/table.md"

@@ -1,14 +1,17 @@
 //! Test and benchmark infrastructure: the network-namespace lab
 //! ([`netns::Lab`]), in-namespace measurement ([`probe`]), the HA
-//! implementations the lab can run ([`deploy`]) and the failover scenarios
-//! shared by the end-to-end tests and `bench/failover` ([`scenario`]).
+//! implementations the lab can run ([`deploy`]), the failover scenarios
+//! ([`scenario`]) and the stress scenarios ([`stress`]) with the host loads they
+//! apply ([`pressure`]), shared by the end-to-end tests and `bench/failover`.
 
 pub mod deploy;
 pub mod loopback;
 pub mod netns;
+pub mod pressure;
 pub mod probe;
 pub mod procstat;
 pub mod scenario;
+pub mod stress;
 
 /// Whether a root-only test can run here. Returns false (after printing why)
 /// when not root and CI is unset; panics when CI=true, because CI must run it.
