@@ -236,9 +236,9 @@ interface = "eth0"
             lease: Duration::from_millis(800),
             renew_interval: Duration::from_millis(200),
             max_clock_drift: 0.01,
-            heartbeat_interval: Duration::from_millis(50),
-            election_timeout_min: Duration::from_millis(150),
-            election_timeout_max: Duration::from_millis(300),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
         }
     );
     let a = cluster.member("a").unwrap();

@@ -220,16 +220,11 @@ pub async fn run(
             .stderr(writer_for_stderr)
             .process_group(0)
             .kill_on_drop(true);
-        // SAFETY: runs in the child between fork and exec; it makes one raw
-        // system call (ioprio_set), which is async-signal-safe, and allocates
-        // nothing. The daemon raises its own I/O priority to survive a busy
-        // disk; the services it starts must not inherit that.
-        unsafe {
-            command.pre_exec(|| {
-                let _ = crate::protect::clear_io_priority();
-                Ok(())
-            });
-        }
+        // No pre_exec hook, on purpose: without one std starts the command with
+        // posix_spawn (vfork-like) rather than fork, which would copy the page
+        // tables of the whole daemon for every monitor run. The threads that
+        // spawn commands keep the normal I/O and CPU priority (see
+        // crate::protect), so the command has nothing to undo.
         command.spawn().map_err(spawn_error)?
         // `command` drops here, closing our copies of the pipe's write end.
     };

@@ -16,9 +16,13 @@
 //!   balancer runtime, a sync thread, the user's `exec` commands) begin at normal
 //!   priority instead of inheriting it.
 //! - [`set_io_priority`]: best-effort class, level 0, for the calling thread and
-//!   everything it starts afterwards (the I/O priority is inherited; call it before
-//!   other threads exist to cover the whole process). [`clear_io_priority`] undoes
-//!   it in a child before `exec`.
+//!   everything it starts afterwards (the I/O priority is inherited).
+//!   [`enable_state_io_priority`] turns it on for the threads that write the
+//!   daemon's own state only ([`raise_state_writer_io`] for a dedicated writer
+//!   thread, [`with_state_io_priority`] for one job on a shared thread). The rest
+//!   of the daemon keeps the normal priority, and so do the commands it starts:
+//!   nothing has to be undone between fork and exec, so commands start through
+//!   `posix_spawn`, which does not copy the daemon's page tables as `fork` does.
 //!
 //! The realtime level comes with a CPU budget ([`REALTIME_BUDGET`]) set through
 //! `RLIMIT_RTTIME`: a realtime thread that runs that long without once sleeping gets
@@ -28,6 +32,7 @@
 use nix::errno::Errno;
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The nice value of [`CpuPriority::High`] (the range is -20..19; 0 is normal).
@@ -261,9 +266,62 @@ pub fn set_io_priority(priority: IoPriority) -> Result<(), ProtectError> {
 
 /// Gives the calling thread back the I/O priority that follows its nice value (no
 /// class), undoing an inherited [`set_io_priority`]. Async-signal-safe (one raw
-/// system call), so a command can call it between fork and exec.
+/// system call).
 pub fn clear_io_priority() -> io::Result<()> {
     ioprio_set(0).map_err(io::Error::from)
+}
+
+/// Whether the threads that write the daemon's state run at high I/O priority; set
+/// once at start by [`enable_state_io_priority`].
+static STATE_IO_HIGH: AtomicBool = AtomicBool::new(false);
+
+/// Asks that the threads writing the daemon's own state (the Raft log and its
+/// snapshots) run at `priority`. The raise is tried on the calling thread, so a
+/// refusal is reported here, and then undone there: only the writers keep it.
+pub fn enable_state_io_priority(priority: IoPriority) -> Result<(), ProtectError> {
+    if priority == IoPriority::Normal {
+        STATE_IO_HIGH.store(false, Ordering::Relaxed);
+        return Ok(());
+    }
+    let before = ioprio_get();
+    set_io_priority(priority)?;
+    if let Ok(before) = before {
+        let _ = ioprio_set(before);
+    }
+    STATE_IO_HIGH.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Gives the calling thread the state writers' I/O priority, if
+/// [`enable_state_io_priority`] asked for one. For a thread that does nothing but
+/// write state; it was checked at start, so a refusal here is not reported again.
+pub fn raise_state_writer_io() {
+    if STATE_IO_HIGH.load(Ordering::Relaxed) {
+        let _ = ioprio_set(IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT);
+    }
+}
+
+/// Runs `f` at the state writers' I/O priority and then gives the calling thread
+/// its own back: for one write of state on a shared (blocking pool) thread.
+pub fn with_state_io_priority<T>(f: impl FnOnce() -> T) -> T {
+    if !STATE_IO_HIGH.load(Ordering::Relaxed) {
+        return f();
+    }
+    let before = ioprio_get();
+    raise_state_writer_io();
+    let out = f();
+    if let Ok(before) = before {
+        let _ = ioprio_set(before);
+    }
+    out
+}
+
+fn ioprio_get() -> Result<libc::c_int, Errno> {
+    // SAFETY: ioprio_get takes two integers; who = 0 with IOPRIO_WHO_PROCESS is
+    // the calling thread.
+    let rc = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0) };
+    let rc = Errno::result(rc)?;
+    libc::c_int::try_from(rc).map_err(|_| Errno::EINVAL)
 }
 
 fn ioprio_set(ioprio: libc::c_int) -> Result<(), Errno> {
@@ -581,6 +639,35 @@ mod tests {
                 // (best-effort, (nice + 20) / 5), never level 0 for nice 0.
                 let cleared = cleared.unwrap();
                 assert_ne!(cleared, be0);
+            }
+            Err(e) => assert!(e.is_not_permitted(), "{e}"),
+        }
+    }
+
+    #[test]
+    fn state_io_priority_stays_with_the_writers() {
+        let (result, caller, writer, during, after) = in_thread(|| {
+            let before = thread_ioprio();
+            let result = enable_state_io_priority(IoPriority::High);
+            let caller = thread_ioprio() == before;
+            let writer = std::thread::spawn(|| {
+                raise_state_writer_io();
+                thread_ioprio()
+            })
+            .join()
+            .unwrap();
+            let during = with_state_io_priority(thread_ioprio);
+            let after = thread_ioprio() == before;
+            STATE_IO_HIGH.store(false, Ordering::Relaxed);
+            (result, caller, writer, during, after)
+        });
+        assert!(caller, "the caller keeps its own priority");
+        assert!(after, "a scoped job gives the thread its priority back");
+        match result {
+            Ok(()) => {
+                let be0 = libc::c_long::from(IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT);
+                assert_eq!(writer, be0);
+                assert_eq!(during, be0);
             }
             Err(e) => assert!(e.is_not_permitted(), "{e}"),
         }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::time::Duration;
 
 use crate::netns::{
     kill_group, node_addr, node_name, vip, write_file, Lab, NODE_IFACE, PREFIX_LEN,
@@ -25,8 +26,13 @@ pub const VRRP_ID: u8 = 51;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Impl {
-    /// `uphold run`, one config file per node.
+    /// `uphold run`, one config file per node, default timing.
     Uphold,
+    /// `uphold run` with the fast timing a LAN allows: `lease = "400ms"` (renewed
+    /// every 100 ms) and Raft at a 50 ms heartbeat with 150–300 ms elections.
+    #[value(name = "uphold-400ms")]
+    #[serde(rename = "uphold-400ms")]
+    UpholdFast,
     /// keepalived, `advert_int 1`, check script every 1 s.
     #[value(name = "keepalived-1s")]
     #[serde(rename = "keepalived-1s")]
@@ -37,11 +43,17 @@ pub enum Impl {
 }
 
 impl Impl {
-    pub const ALL: [Impl; 3] = [Impl::Uphold, Impl::Keepalived1s, Impl::KeepalivedFast];
+    pub const ALL: [Impl; 4] = [
+        Impl::Uphold,
+        Impl::UpholdFast,
+        Impl::Keepalived1s,
+        Impl::KeepalivedFast,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Impl::Uphold => "uphold",
+            Impl::UpholdFast => "uphold-400ms",
             Impl::Keepalived1s => "keepalived-1s",
             Impl::KeepalivedFast => "keepalived-fast",
         }
@@ -50,6 +62,25 @@ impl Impl {
     pub fn from_name(s: &str) -> Option<Impl> {
         Impl::ALL.into_iter().find(|i| i.name() == s)
     }
+
+    /// Whether this is uphold (any timing) rather than keepalived.
+    pub fn is_uphold(self) -> bool {
+        matches!(self, Impl::Uphold | Impl::UpholdFast)
+    }
+
+    /// The `[cluster]` timing lines this variant sets (none: uphold's defaults).
+    fn uphold_timing(self) -> &'static [&'static str] {
+        match self {
+            Impl::UpholdFast => &[
+                "lease = \"400ms\"",
+                "renew_interval = \"100ms\"",
+                "heartbeat_interval = \"50ms\"",
+                "election_timeout_min = \"150ms\"",
+                "election_timeout_max = \"300ms\"",
+            ],
+            _ => &[],
+        }
+    }
 }
 
 /// Programs the lab runs.
@@ -57,10 +88,20 @@ impl Impl {
 pub struct Tools {
     /// `uphold-testsvc`.
     pub testsvc: PathBuf,
-    /// The uphold binary; needed only for [`Impl::Uphold`].
+    /// The uphold binary; needed only for the uphold variants.
     pub uphold: Option<PathBuf>,
     /// `keepalived`; needed only for the keepalived variants.
     pub keepalived: PathBuf,
+    /// Extra `[cluster]` lines for uphold, each `key = value` in TOML (timing such
+    /// as `lease = "400ms"`); empty keeps uphold's defaults.
+    pub uphold_settings: Vec<String>,
+    /// How often uphold runs the service check, in ms. keepalived's vrrp_script
+    /// runs every 1 s (its minimum); uphold's failover rows check every 500 ms,
+    /// the idle row as often as keepalived so both pay for the same checks.
+    pub uphold_check_interval_ms: u64,
+    /// How long uphold's node 1 runs before the others start, so that it is
+    /// the first candidate and usually becomes the Raft leader (0: all at once).
+    pub uphold_head_start: Duration,
 }
 
 impl Tools {
@@ -91,6 +132,9 @@ impl Tools {
             testsvc,
             uphold,
             keepalived,
+            uphold_settings: Vec::new(),
+            uphold_check_interval_ms: 500,
+            uphold_head_start: Duration::ZERO,
         })
     }
 }
@@ -204,7 +248,7 @@ pub fn start(lab: &Lab, imp: Impl, tools: &Tools) -> Result<Deployment> {
             .with_context(|| format!("creating {}", node_dir(lab, i).display()))?;
     }
     match imp {
-        Impl::Uphold => start_uphold(lab, tools, &mut dep)?,
+        Impl::Uphold | Impl::UpholdFast => start_uphold(lab, imp, tools, &mut dep)?,
         Impl::Keepalived1s | Impl::KeepalivedFast => start_keepalived(lab, imp, tools, &mut dep)?,
     }
     Ok(dep)
@@ -226,7 +270,7 @@ fn toml_array(items: &[String]) -> String {
 
 /// uphold's config for node `i` of `lab`. One file per node because the
 /// service's reply and pid file differ per node; everything else is identical.
-pub fn uphold_config(lab: &Lab, tools: &Tools, i: usize) -> String {
+pub fn uphold_config(lab: &Lab, imp: Impl, tools: &Tools, i: usize) -> String {
     let dir = lab.dir().display().to_string();
     let n = lab.nodes();
     let mut s = String::new();
@@ -236,6 +280,14 @@ pub fn uphold_config(lab: &Lab, tools: &Tools, i: usize) -> String {
         toml_str(&format!("{dir}/{{node}}/state"))
     ));
     s.push_str(&format!("tls_dir = {}\n", toml_str(&format!("{dir}/tls"))));
+    for line in imp.uphold_timing() {
+        s.push_str(line);
+        s.push('\n');
+    }
+    for line in &tools.uphold_settings {
+        s.push_str(line);
+        s.push('\n');
+    }
     for j in 1..=n {
         s.push_str(&format!(
             "\n[[cluster.member]]\nname = \"{}\"\naddress = \"{}:{UPHOLD_PORT}\"\n",
@@ -253,15 +305,16 @@ pub fn uphold_config(lab: &Lab, tools: &Tools, i: usize) -> String {
         vip(0)
     ));
     s.push_str(&format!(
-        "\n[[group.resource]]\ntype = \"exec\"\nname = \"svc\"\nstart = {}\nstop = {}\nmonitor = {}\ninterval = \"500ms\"\n",
+        "\n[[group.resource]]\ntype = \"exec\"\nname = \"svc\"\nstart = {}\nstop = {}\nmonitor = {}\ninterval = \"{}ms\"\n",
         toml_array(&service_start_argv(tools, lab, i)),
         toml_array(&service_stop_argv(tools, lab, i)),
         toml_array(&service_check_argv(tools)),
+        tools.uphold_check_interval_ms,
     ));
     s
 }
 
-fn start_uphold(lab: &Lab, tools: &Tools, dep: &mut Deployment) -> Result<()> {
+fn start_uphold(lab: &Lab, imp: Impl, tools: &Tools, dep: &mut Deployment) -> Result<()> {
     let uphold = tools
         .uphold
         .as_ref()
@@ -291,7 +344,7 @@ fn start_uphold(lab: &Lab, tools: &Tools, dep: &mut Deployment) -> Result<()> {
     }
     for i in 1..=lab.nodes() {
         let cfg = node_dir(lab, i).join("uphold.toml");
-        write_file(&cfg, &uphold_config(lab, tools, i))?;
+        write_file(&cfg, &uphold_config(lab, imp, tools, i))?;
         let log = node_dir(lab, i).join("uphold.log");
         let argv = vec![
             uphold.display().to_string(),
@@ -309,6 +362,11 @@ fn start_uphold(lab: &Lab, tools: &Tools, dep: &mut Deployment) -> Result<()> {
             pgid,
             log,
         });
+        if i == 1 && !tools.uphold_head_start.is_zero() {
+            // A head start, not a wait for a condition: node 1 cannot lead
+            // alone, it only gets to ask for votes first.
+            std::thread::sleep(tools.uphold_head_start);
+        }
     }
     Ok(())
 }
@@ -407,6 +465,11 @@ fn start_keepalived(lab: &Lab, imp: Impl, tools: &Tools, dep: &mut Deployment) -
             pgid,
             log,
         });
+        if i == 1 && !tools.uphold_head_start.is_zero() {
+            // A head start, not a wait for a condition: node 1 cannot lead
+            // alone, it only gets to ask for votes first.
+            std::thread::sleep(tools.uphold_head_start);
+        }
     }
     Ok(())
 }

@@ -26,6 +26,11 @@ pub enum Fault {
     ServiceKill,
     /// SIGKILL to the owner's HA daemon's whole process group.
     DaemonKill,
+    /// The same when the owner is also uphold's Raft leader, so the failover
+    /// waits for an election as well as for the lease. Node 1 gets a head start
+    /// so that it usually leads; a rep where it does not is void (an error).
+    /// keepalived has no leader: for it this is `daemon-kill`.
+    LeaderOwnerKill,
     /// The owner is cut off from its peers; the client still reaches everyone.
     /// Healed afterwards, to see whether the VIP moves back.
     Partition,
@@ -43,10 +48,11 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 8] = [
         Fault::LinkDown,
         Fault::ServiceKill,
         Fault::DaemonKill,
+        Fault::LeaderOwnerKill,
         Fault::Partition,
         Fault::Pause,
         Fault::Sigterm,
@@ -58,6 +64,7 @@ impl Fault {
             Fault::LinkDown => "link-down",
             Fault::ServiceKill => "service-kill",
             Fault::DaemonKill => "daemon-kill",
+            Fault::LeaderOwnerKill => "leader-owner-kill",
             Fault::Partition => "partition",
             Fault::Pause => "pause",
             Fault::Sigterm => "sigterm",
@@ -166,6 +173,9 @@ pub struct RepResult {
     /// was the Raft leader then (None: not known, e.g. keepalived).
     pub cut_peer: Option<String>,
     pub cut_peer_was_leader: Option<bool>,
+    /// Whether the owner was also the Raft leader at the fault (uphold only):
+    /// then the failover waits for an election as well as the lease.
+    pub owner_was_leader: Option<bool>,
     /// Lab creation to a stable owner.
     pub ready_ms: f64,
     /// Kept lab directory, if any.
@@ -335,6 +345,17 @@ fn run_in_lab(lab: &Lab, opts: &RepOptions, t_create: u64) -> Result<RepResult> 
     } else {
         (None, None)
     };
+    let owner_was_leader = if dep.imp.is_uphold() {
+        raft_leader(lab, &opts.tools, owner)
+            .ok()
+            .flatten()
+            .map(|l| l == owner)
+    } else {
+        None
+    };
+    if opts.fault == Fault::LeaderOwnerKill && owner_was_leader == Some(false) {
+        bail!("void rep: the owner {owner_name} was not the Raft leader at the fault");
+    }
     let log_marks = log_marks(&dep);
 
     let t_fault = now_us();
@@ -351,7 +372,7 @@ fn run_in_lab(lab: &Lab, opts: &RepOptions, t_create: u64) -> Result<RepResult> 
                 .with_context(|| format!("{}: not a pid", pidfile.display()))?;
             signal_pid(svc, Signal::SIGKILL)?;
         }
-        Fault::DaemonKill => kill_group(pgid, Signal::SIGKILL)?,
+        Fault::DaemonKill | Fault::LeaderOwnerKill => kill_group(pgid, Signal::SIGKILL)?,
         Fault::Partition => lab.partition_from_peers(owner)?,
         Fault::Pause => kill_group(pgid, Signal::SIGSTOP)?,
         Fault::Sigterm => signal_pid(pid, Signal::SIGTERM)?,
@@ -452,6 +473,7 @@ fn run_in_lab(lab: &Lab, opts: &RepOptions, t_create: u64) -> Result<RepResult> 
         daemon_events,
         cut_peer: cut_peer.map(node_name),
         cut_peer_was_leader,
+        owner_was_leader,
         ready_ms,
         log_dir: None,
         warnings,
@@ -518,7 +540,7 @@ pub fn partial_peer(
 ) -> (usize, Option<bool>) {
     let n = lab.nodes();
     let next = owner % n + 1;
-    if dep.imp != Impl::Uphold {
+    if !dep.imp.is_uphold() {
         return (next, None);
     }
     match raft_leader(lab, tools, owner) {
@@ -671,7 +693,7 @@ pub fn count_daemon_events(imp: Impl, text: &str) -> DaemonEvents {
     let mut e = DaemonEvents::default();
     for line in text.lines() {
         match imp {
-            Impl::Uphold => {
+            Impl::Uphold | Impl::UpholdFast => {
                 if line.contains("lease ending: stopping group now") {
                     e.emergency_stops += 1;
                 } else if line.contains("stopping group") && !line.contains("stopping groups") {

@@ -593,8 +593,8 @@ fn protect_self(wanted: Option<uphold_config::Protection>) -> uphold_os::protect
         }
     }
     if wanted.io_priority == WantIo::High {
-        match protect::set_io_priority(IoPriority::High) {
-            Ok(()) => active.push("I/O priority best-effort 0".into()),
+        match protect::enable_state_io_priority(IoPriority::High) {
+            Ok(()) => active.push("I/O priority best-effort 0 for the Raft log's writes".into()),
             Err(e) => refused.push(e),
         }
     }

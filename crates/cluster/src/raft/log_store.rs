@@ -282,7 +282,10 @@ impl LogStore {
         };
         let thread = std::thread::Builder::new()
             .name(WRITER_THREAD.to_string())
-            .spawn(move || writer.run())
+            .spawn(move || {
+                uphold_os::protect::raise_state_writer_io();
+                writer.run()
+            })
             .map_err(|e| open_err(format!("starting the writer thread: {e}")))?;
 
         Ok(LogStore {

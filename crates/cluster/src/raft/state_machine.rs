@@ -130,7 +130,10 @@ impl SnapshotStore {
             StorageIOError::write_snapshot(Some(signature.clone()), AnyError::error(e))
         })?;
         let dir = self.dir.clone();
-        let written = tokio::task::spawn_blocking(move || write_atomically(&dir, &bytes)).await;
+        let written = tokio::task::spawn_blocking(move || {
+            uphold_os::protect::with_state_io_priority(|| write_atomically(&dir, &bytes))
+        })
+        .await;
         let written = match written {
             Ok(result) => result,
             Err(join) => Err(format!("write task failed: {join}")),

@@ -46,6 +46,10 @@ struct Common {
     /// Keep each lab's directory (configs, daemon logs) even on success.
     #[arg(long)]
     keep_logs: bool,
+    /// A `[cluster]` setting for uphold, KEY=VALUE with a TOML value, e.g.
+    /// `--uphold-set 'lease="400ms"'`; repeatable.
+    #[arg(long = "uphold-set", value_name = "KEY=VALUE")]
+    uphold_set: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -145,6 +149,17 @@ fn options(common: &Common, fault: Fault) -> Result<RepOptions> {
     if let Some(t) = &common.testsvc_bin {
         tools.testsvc = t.clone();
     }
+    for setting in &common.uphold_set {
+        let Some((key, value)) = setting.split_once('=') else {
+            bail!("--uphold-set {setting:?}: expected KEY=VALUE, e.g. 'lease=\"400ms\"'");
+        };
+        tools
+            .uphold_settings
+            .push(format!("{} = {}", key.trim(), value.trim()));
+    }
+    if fault == Fault::LeaderOwnerKill {
+        tools.uphold_head_start = Duration::from_secs(1);
+    }
     let mut o = RepOptions::new(common.imp, fault, tools);
     o.keep_logs = common.keep_logs;
     Ok(o)
@@ -192,6 +207,9 @@ fn failover(
                         if r.double_at_end { " still double-held at end" } else { "" },
                         r.moved_back.map_or(String::new(), |m| format!(", moved back after heal: {m}")),
                     );
+                    if let Some(leader) = r.owner_was_leader {
+                        println!("  owner was the Raft leader: {leader}");
+                    }
                     if let Some(peer) = &r.cut_peer {
                         println!(
                             "  cut off from {peer} only (Raft leader: {}): {} owner change(s), VIP lost {} time(s), {} group stop(s) logged",
@@ -279,7 +297,9 @@ fn stress_run(
 }
 
 fn idle(common: &Common, seconds: u64) -> Result<bool> {
-    let opts = options(common, Fault::LinkDown)?;
+    let mut opts = options(common, Fault::LinkDown)?;
+    // The same check as keepalived's vrrp_script, as often (every 1 s).
+    opts.tools.uphold_check_interval_ms = 1000;
     let r = scenario::measure_idle(&opts, Duration::from_secs(seconds))?;
     if common.json {
         let mut v = serde_json::to_value(&r).context("encoding result")?;
@@ -472,8 +492,14 @@ fn report(files: &[PathBuf]) -> Result<bool> {
         }
     }
 
-    println!("| fault | uphold downtime median (min–max) | uphold double-held | keepalived 1s downtime | double | keepalived fast downtime | double | ratio downtime uphold/keepalived-1s |");
-    println!("|---|---|---|---|---|---|---|---|");
+    let mut header = vec!["fault".to_string()];
+    for imp in Impl::ALL {
+        header.push(format!("{} downtime median (min–max)", imp.name()));
+        header.push(format!("{} double-held", imp.name()));
+    }
+    header.push("ratio downtime uphold/keepalived-1s".into());
+    println!("| {} |", header.join(" | "));
+    println!("|{}", "---|".repeat(header.len()));
     for fault in Fault::ALL {
         let mut row = vec![fault.name().to_string()];
         for imp in Impl::ALL {
@@ -558,10 +584,11 @@ fn stress_table(
         _ => "none run".into(),
     };
     println!();
-    println!(
-        "| under load ({secs}) | uphold | keepalived-1s | keepalived-fast | uphold vs keepalived-1s |"
-    );
-    println!("|---|---|---|---|---|");
+    let mut header = vec![format!("under load ({secs})")];
+    header.extend(Impl::ALL.iter().map(|imp| imp.name().to_string()));
+    header.push("uphold vs keepalived-1s".into());
+    println!("| {} |", header.join(" | "));
+    println!("|{}", "---|".repeat(header.len()));
     for p in Pressure::ALL {
         let mut row = vec![p.name().to_string()];
         for imp in Impl::ALL {
@@ -659,6 +686,9 @@ fn stress_cell(c: &StressCell) -> String {
         if at_end { "≥ " } else { "" },
         worst(|r| r.double_ms),
     );
+    if let Some(secs) = c.seconds {
+        s.push_str(&format!(", over {secs:.0} s"));
+    }
     if c.runs.len() > 1 {
         s.push_str(&format!(" (worst of {})", c.runs.len()));
     }
