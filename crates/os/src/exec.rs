@@ -24,6 +24,24 @@ use tokio::process::{Child, Command};
 
 use crate::clock::monotonic_now;
 use crate::error::OsError;
+use crate::process_id::ProcessId;
+
+/// Told when a command starts and when it is over, so that someone else (the
+/// guard) can end the commands still running if this process dies.
+pub trait CommandWatch: Send + Sync {
+    /// The command runs as `id`, leading its own process group.
+    fn started(&self, id: ProcessId);
+    /// The command `id` exited and was reaped, or was killed.
+    fn ended(&self, id: ProcessId);
+}
+
+/// A [`CommandWatch`] that is told nothing.
+pub struct Unwatched;
+
+impl CommandWatch for Unwatched {
+    fn started(&self, _: ProcessId) {}
+    fn ended(&self, _: ProcessId) {}
+}
 
 /// How much of the combined stdout+stderr is kept.
 pub const OUTPUT_TAIL_BYTES: usize = 2048;
@@ -119,12 +137,14 @@ impl Tail {
 /// failed, or the caller's future was cancelled), it kills the whole process
 /// group: the group id is the child's pid, which stays reserved until the child
 /// is reaped, so the signal cannot reach an unrelated group.
-struct GroupGuard {
+struct GroupGuard<'w> {
     child: Child,
     pgid: Option<Pid>,
+    watched: Option<ProcessId>,
+    watch: &'w dyn CommandWatch,
 }
 
-impl GroupGuard {
+impl GroupGuard<'_> {
     fn kill_group(&self) {
         if let Some(pgid) = self.pgid {
             if let Err(errno) = killpg(pgid, Signal::SIGKILL) {
@@ -137,12 +157,18 @@ impl GroupGuard {
     /// on purpose, which must be left alone.
     fn disarm(&mut self) {
         self.pgid = None;
+        if let Some(id) = self.watched.take() {
+            self.watch.ended(id);
+        }
     }
 }
 
-impl Drop for GroupGuard {
+impl Drop for GroupGuard<'_> {
     fn drop(&mut self) {
         self.kill_group();
+        if let Some(id) = self.watched.take() {
+            self.watch.ended(id);
+        }
     }
 }
 
@@ -190,6 +216,17 @@ pub async fn run(
     timeout: Duration,
     env: &[(String, String)],
 ) -> Result<ExecOutcome, OsError> {
+    run_watched(argv, timeout, env, &Unwatched).await
+}
+
+/// [`run`], telling `watch` when the command starts and when it is over (right
+/// after the spawn, before any await, so nothing the caller does comes between).
+pub async fn run_watched(
+    argv: &[String],
+    timeout: Duration,
+    env: &[(String, String)],
+    watch: &dyn CommandWatch,
+) -> Result<ExecOutcome, OsError> {
     let Some(program) = argv.first() else {
         return Err(OsError::EmptyArgv);
     };
@@ -232,7 +269,16 @@ pub async fn run(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
-    let mut guard = GroupGuard { child, pgid };
+    let watched = pgid.and_then(|pgid| ProcessId::of(pgid.as_raw()));
+    if let Some(id) = watched {
+        watch.started(id);
+    }
+    let mut guard = GroupGuard {
+        child,
+        pgid,
+        watched,
+        watch,
+    };
     let mut receiver = receiver;
     let mut tail = Tail(Vec::new());
     let mut reading = true;

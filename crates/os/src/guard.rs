@@ -30,7 +30,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg, OFlag};
@@ -41,6 +41,7 @@ use uphold_core::ResourceSpec;
 use crate::clock::monotonic_now_ms;
 use crate::error::OsError;
 use crate::exec;
+use crate::process_id::{KillOutcome, ProcessId};
 use crate::vip::{Netlink, RemoveOutcome};
 
 /// One message from the daemon to its guard, one JSON object per line.
@@ -61,6 +62,12 @@ pub enum GuardMessage {
     },
     /// The daemon stopped the group itself; nothing to undo.
     Release { group: String },
+    /// A command of `group` (start, stop or monitor) runs as `process`. If the
+    /// group is undone while it still runs, its process group is killed first:
+    /// a start of a dead daemon must not run beside the guard's stop.
+    CommandStarted { group: String, process: ProcessId },
+    /// That command is over.
+    CommandEnded { process: ProcessId },
     /// The daemon is stopping cleanly. Groups still held are undone now, then
     /// the guard exits.
     Shutdown,
@@ -124,9 +131,22 @@ const MAX_PENDING_BYTES: usize = 1024 * 1024;
 /// daemon.
 pub struct GuardClient {
     child: Child,
-    stdin: Option<ChildStdin>,
+    writer: Arc<Mutex<Writer>>,
     stdout: Option<ChildStdout>,
+}
+
+/// The guard's input, shared by the daemon's event loop (holds, releases) and
+/// its command tasks ([`CommandLedger`]); one lock keeps every line whole.
+struct Writer {
+    stdin: Option<ChildStdin>,
     pending: Vec<u8>,
+}
+
+fn lock_writer(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+    // A panic while holding it leaves bytes, not broken invariants.
+    writer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The guard's announcement that it holds the node's lock; see
@@ -171,7 +191,7 @@ impl std::fmt::Debug for GuardClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuardClient")
             .field("pid", &self.child.id())
-            .field("pending_bytes", &self.pending.len())
+            .field("pending_bytes", &lock_writer(&self.writer).pending.len())
             .finish()
     }
 }
@@ -219,9 +239,11 @@ impl GuardClient {
         let stdout = child.stdout.take();
         Ok(GuardClient {
             child,
-            stdin: Some(stdin),
+            writer: Arc::new(Mutex::new(Writer {
+                stdin: Some(stdin),
+                pending: Vec::new(),
+            })),
             stdout,
-            pending: Vec::new(),
         })
     }
 
@@ -269,6 +291,12 @@ impl GuardClient {
     /// reading: the message is queued and goes out with the next call, unless
     /// the queue is full, in which case it is dropped.
     pub fn send(&mut self, message: &GuardMessage) -> Result<(), OsError> {
+        lock_writer(&self.writer).send(message)
+    }
+}
+
+impl Writer {
+    fn send(&mut self, message: &GuardMessage) -> Result<(), OsError> {
         let mut line =
             serde_json::to_vec(message).map_err(|source| OsError::GuardEncode { source })?;
         line.push(b'\n');
@@ -307,7 +335,9 @@ impl GuardClient {
         }
         Ok(true)
     }
+}
 
+impl GuardClient {
     /// Tells the guard the daemon is stopping, closes its input and waits for
     /// it to exit. Blocks while the guard undoes groups still held (bounded by
     /// their stop timeouts), and indefinitely if the guard itself is stopped;
@@ -320,7 +350,7 @@ impl GuardClient {
         }
         // Closing the pipe ends the guard even if the message did not get
         // through: EOF undoes whatever is still held, just as Shutdown does.
-        self.stdin = None;
+        lock_writer(&self.writer).stdin = None;
         let status = self
             .child
             .wait()
@@ -330,6 +360,93 @@ impl GuardClient {
         } else {
             Err(OsError::GuardFailed { status })
         }
+    }
+}
+
+/// The commands the daemon is running, told to its guard as they start and end
+/// ([`GuardMessage::CommandStarted`], [`GuardMessage::CommandEnded`]). Shared by
+/// every command task; [`CommandLedger::attach`] points it at a (new) guard and
+/// tells that guard what is already running.
+#[derive(Clone, Default)]
+pub struct CommandLedger(Arc<Mutex<Ledger>>);
+
+#[derive(Default)]
+struct Ledger {
+    /// Weak: dropping the [`GuardClient`] must still close the guard's input.
+    writer: std::sync::Weak<Mutex<Writer>>,
+    running: BTreeMap<ProcessId, String>,
+}
+
+impl std::fmt::Debug for CommandLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommandLedger")
+    }
+}
+
+impl CommandLedger {
+    fn lock(&self) -> MutexGuard<'_, Ledger> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reports to `guard` from now on, starting with the commands running now.
+    pub fn attach(&self, guard: &GuardClient) {
+        let mut ledger = self.lock();
+        let writer = &guard.writer;
+        for (process, group) in &ledger.running {
+            let message = GuardMessage::CommandStarted {
+                group: group.clone(),
+                process: *process,
+            };
+            if let Err(e) = lock_writer(writer).send(&message) {
+                tracing::warn!("guard unreachable: {e}");
+            }
+        }
+        ledger.writer = Arc::downgrade(writer);
+    }
+
+    /// The [`exec::CommandWatch`] for the commands of `group`.
+    pub fn watch(&self, group: &str) -> GroupCommands {
+        GroupCommands {
+            ledger: self.clone(),
+            group: group.to_string(),
+        }
+    }
+
+    fn record(&self, group: &str, process: ProcessId, running: bool) {
+        let mut ledger = self.lock();
+        let message = if running {
+            ledger.running.insert(process, group.to_string());
+            GuardMessage::CommandStarted {
+                group: group.to_string(),
+                process,
+            }
+        } else {
+            ledger.running.remove(&process);
+            GuardMessage::CommandEnded { process }
+        };
+        if let Some(writer) = ledger.writer.upgrade() {
+            if let Err(e) = lock_writer(&writer).send(&message) {
+                tracing::warn!(group, "guard unreachable: {e}");
+            }
+        }
+    }
+}
+
+/// [`CommandLedger`]'s watch over one group's commands.
+pub struct GroupCommands {
+    ledger: CommandLedger,
+    group: String,
+}
+
+impl exec::CommandWatch for GroupCommands {
+    fn started(&self, id: ProcessId) {
+        self.ledger.record(&self.group, id, true);
+    }
+
+    fn ended(&self, id: ProcessId) {
+        self.ledger.record(&self.group, id, false);
     }
 }
 
@@ -381,7 +498,14 @@ struct Guard {
     runtime: tokio::runtime::Runtime,
     netlink: Option<Netlink>,
     holds: BTreeMap<String, Hold>,
+    /// Commands the daemon runs, with their group.
+    commands: BTreeMap<ProcessId, String>,
 }
+
+/// How long the guard waits for a killed command of the daemon to exit before
+/// it runs the stop commands anyway (a process stuck in the kernel does not
+/// die of SIGKILL until it leaves it).
+const COMMAND_KILL_WAIT: Duration = Duration::from_secs(2);
 
 impl Guard {
     fn apply(&mut self, message: GuardMessage) {
@@ -414,7 +538,40 @@ impl Guard {
                     say!("{PREFIX} group {group} released by the daemon");
                 }
             }
+            GuardMessage::CommandStarted { group, process } => {
+                self.commands.insert(process, group);
+            }
+            GuardMessage::CommandEnded { process } => {
+                self.commands.remove(&process);
+            }
             GuardMessage::Shutdown => {}
+        }
+    }
+
+    /// Ends the commands of `group` the daemon left running (a start cut short
+    /// by its death, say) so the stop commands that follow are the only ones
+    /// driving the group's resources.
+    fn end_commands(&mut self, group: &str) {
+        let theirs: Vec<ProcessId> = self
+            .commands
+            .iter()
+            .filter(|(_, g)| g.as_str() == group)
+            .map(|(process, _)| *process)
+            .collect();
+        for process in theirs {
+            self.commands.remove(&process);
+            match process.kill_group_and_wait(COMMAND_KILL_WAIT) {
+                KillOutcome::NotRunning => {}
+                KillOutcome::Killed => say!(
+                    "{PREFIX} ended a command of group {group} still running (pid {})",
+                    process.pid
+                ),
+                KillOutcome::StillRunning => say!(
+                    "{PREFIX} FAILED: a command of group {group} (pid {}) did not exit within \
+                     {COMMAND_KILL_WAIT:?} of SIGKILL; stopping anyway",
+                    process.pid
+                ),
+            }
         }
     }
 
@@ -446,6 +603,9 @@ impl Guard {
     fn undo_groups(&mut self, groups: Vec<(String, Hold)>, reason: Reason) {
         for (group, hold) in &groups {
             self.undo(group, hold, reason, true);
+        }
+        for (group, _) in &groups {
+            self.end_commands(group);
         }
         for (group, hold) in &groups {
             self.undo(group, hold, reason, false);
@@ -587,6 +747,7 @@ pub fn run_guard(input: impl Read + Send + 'static) -> Result<(), OsError> {
         runtime,
         netlink: None,
         holds: BTreeMap::new(),
+        commands: BTreeMap::new(),
     };
     say!(
         "{PREFIX} started (pid {}, daemon pid {parent})",

@@ -11,7 +11,10 @@
 //! - [`arp`]: announcing a moved address: [`announce`] (gratuitous ARP for
 //!   IPv4, unsolicited neighbour advertisements for IPv6). Blocking.
 //! - [`exec`]: running user commands from an argv with a timeout, in their own
-//!   process group: [`exec::run`] → [`ExecOutcome`].
+//!   process group: [`exec::run`] → [`ExecOutcome`]; [`exec::run_watched`] also
+//!   tells an [`exec::CommandWatch`] which commands are running.
+//! - [`process_id`]: [`process_id::ProcessId`], a pid with its start time, so a
+//!   process can be killed later without hitting one that reused the pid.
 //! - [`guard`]: the VIP guard process that removes addresses and stops services
 //!   when the daemon dies or overruns its lease: [`GuardClient`] on the daemon
 //!   side, [`run_guard_process`] as the body of `uphold guard` ([`run_guard`]
@@ -39,6 +42,7 @@ pub mod error;
 pub mod exec;
 pub mod guard;
 pub mod limits;
+pub mod process_id;
 pub mod protect;
 pub mod vip;
 pub mod watch;

@@ -6,6 +6,9 @@
 //! the new daemon started the resource while the old guard's stop ran, the
 //! stop killed it, the monitor failed and the group moved.
 //!
+//! A second test kills the daemon while its (long) start command runs: the old
+//! guard must end that command before it runs the stop.
+//!
 //! `UPHOLD_RESTART_ROUNDS` sets the number of kill-and-restart rounds (default 3).
 
 use std::collections::BTreeMap;
@@ -77,6 +80,33 @@ fn script(log: &Path, what: &str, body: &str) -> String {
     )
 }
 
+/// Three members a, b, c running group `web`: one exec resource with these
+/// shell scripts, monitored by the file its start touches; `extra` adds keys.
+fn three_members(d: &Path, start: &str, stop: &str, extra: &str) -> Cluster {
+    let group = format!(
+        "[[group]]\nname = \"web\"\nnodes = [\"a\", \"b\", \"c\"]\n\
+         [[group.resource]]\ntype = \"exec\"\nname = \"svc\"\n\
+         start = [\"/bin/sh\", \"-c\", {start:?}]\n\
+         stop = [\"/bin/sh\", \"-c\", {stop:?}]\n\
+         monitor = [\"/bin/sh\", \"-c\", \"test -f {{dir}}/running-$UPHOLD_NODE\"]\n\
+         interval = \"200ms\"\n{extra}"
+    );
+    let uphold = PathBuf::from(env!("CARGO_BIN_EXE_uphold"));
+    let mut cluster = Cluster::create(&uphold, d, &["a", "b", "c"], &group).unwrap();
+    for i in 0..3 {
+        cluster.start(i).unwrap();
+    }
+    cluster
+}
+
+fn failed(cluster: &Cluster, ops_log: &Path, what: String) -> ! {
+    panic!(
+        "{what}\nresource log:\n{}\n{}",
+        std::fs::read_to_string(ops_log).unwrap_or_default(),
+        cluster.log_tails(40)
+    )
+}
+
 #[test]
 fn a_daemon_restarted_at_once_never_overlaps_its_old_guard_and_keeps_the_group() {
     let rounds: usize = std::env::var("UPHOLD_RESTART_ROUNDS")
@@ -96,26 +126,8 @@ fn a_daemon_restarted_at_once_never_overlaps_its_old_guard_and_keeps_the_group()
         "stop",
         "sleep 0.3; rm -f {dir}/running-$UPHOLD_NODE;",
     );
-    let group = format!(
-        "[[group]]\nname = \"web\"\nnodes = [\"a\", \"b\", \"c\"]\n\
-         [[group.resource]]\ntype = \"exec\"\nname = \"svc\"\n\
-         start = [\"/bin/sh\", \"-c\", {start:?}]\n\
-         stop = [\"/bin/sh\", \"-c\", {stop:?}]\n\
-         monitor = [\"/bin/sh\", \"-c\", \"test -f {{dir}}/running-$UPHOLD_NODE\"]\n\
-         interval = \"200ms\"\n"
-    );
-    let uphold = PathBuf::from(env!("CARGO_BIN_EXE_uphold"));
-    let mut cluster = Cluster::create(&uphold, d, &["a", "b", "c"], &group).unwrap();
-    for i in 0..3 {
-        cluster.start(i).unwrap();
-    }
-    let fail = |cluster: &Cluster, what: String| -> ! {
-        panic!(
-            "{what}\nresource log:\n{}\n{}",
-            std::fs::read_to_string(&ops_log).unwrap_or_default(),
-            cluster.log_tails(40)
-        )
-    };
+    let mut cluster = three_members(d, &start, &stop, "");
+    let fail = |cluster: &Cluster, what: String| -> ! { failed(cluster, &ops_log, what) };
     for round in 0..rounds {
         let mut owner = None;
         if let Err(e) = wait_until("web running", Duration::from_secs(30), || {
@@ -195,4 +207,98 @@ fn a_daemon_restarted_at_once_never_overlaps_its_old_guard_and_keeps_the_group()
             );
         }
     }
+}
+
+/// The start commands' lines of kind `what` (start-begin, start-tick): time,
+/// node and the pid of the start's shell.
+fn start_lines(ops_log: &Path, what: &str) -> Vec<(f64, String, String)> {
+    let text = std::fs::read_to_string(ops_log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let at: f64 = parts.next()?.parse().ok()?;
+            let node = parts.next()?.to_string();
+            (parts.next()? == what).then_some(())?;
+            Some((at, node, parts.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// The daemon is killed while its start command runs (a long one, 1 s), and
+/// started again at once. Its guard must end that start before it runs the
+/// stop: no tick of the old start may follow the stop's beginning.
+#[test]
+fn a_start_cut_short_by_the_daemons_death_is_ended_before_the_guard_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ops_log = d.join("ops.log");
+    let log = ops_log.display();
+    let start = format!(
+        "echo \"$(date +%s.%N) $UPHOLD_NODE start-begin $$\" >> {log}; \
+         for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do \
+         echo \"$(date +%s.%N) $UPHOLD_NODE start-tick $$\" >> {log}; sleep 0.05; done; \
+         touch {{dir}}/running-$UPHOLD_NODE; \
+         echo \"$(date +%s.%N) $UPHOLD_NODE start-end $$\" >> {log}"
+    );
+    let stop = script(
+        &ops_log,
+        "stop",
+        "sleep 0.3; rm -f {dir}/running-$UPHOLD_NODE;",
+    );
+    let mut cluster = three_members(d, &start, &stop, "timeout = \"5s\"\n");
+    let fail = |cluster: &Cluster, what: String| -> ! { failed(cluster, &ops_log, what) };
+    let mut owner = None;
+    if let Err(e) = wait_until("web running", Duration::from_secs(30), || {
+        owner = cluster.running_on("web");
+        owner.is_some()
+    }) {
+        fail(&cluster, e.to_string());
+    }
+    let owner = owner.unwrap();
+    let i = cluster.index(&owner).unwrap();
+    // A kill and restart makes the next run start the resource again...
+    cluster.kill(i).unwrap();
+    cluster.start(i).unwrap();
+    let begun = |ops: &[Op]| ops.iter().filter(|o| o.what == "start-begin").count();
+    let before = begun(&read_ops(&ops_log));
+    if let Err(e) = wait_until("the new run's start", Duration::from_secs(30), || {
+        begun(&read_ops(&ops_log)) > before
+    }) {
+        fail(&cluster, e.to_string());
+    }
+    // ...and a kill in the middle of that start leaves it running.
+    cluster.kill(i).unwrap();
+    cluster.start(i).unwrap();
+    if let Err(e) = wait_until("web running again", Duration::from_secs(30), || {
+        cluster.running_on("web").is_some()
+    }) {
+        fail(&cluster, e.to_string());
+    }
+    let ops = read_ops(&ops_log);
+    let last_stop = ops
+        .iter()
+        .rev()
+        .find(|o| o.what == "stop-begin" && o.node == owner)
+        .map(|o| o.at);
+    let Some(stop_at) = last_stop else {
+        fail(&cluster, "no stop by the guard after the kill".into());
+    };
+    // Every start begun before that stop must be silent after it.
+    let late: Vec<_> = start_lines(&ops_log, "start-tick")
+        .into_iter()
+        .filter(|(at, node, pid)| {
+            *node == owner
+                && *at > stop_at
+                && start_lines(&ops_log, "start-begin")
+                    .iter()
+                    .any(|(begun, n, p)| n == node && p == pid && *begun < stop_at)
+        })
+        .collect();
+    if !late.is_empty() {
+        fail(
+            &cluster,
+            format!("the old start still ran during the guard's stop: {late:?}"),
+        );
+    }
+    eprintln!("start cut short on {owner}: ended before the guard's stop at {stop_at:.3}");
 }

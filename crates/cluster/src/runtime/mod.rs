@@ -262,6 +262,9 @@ pub async fn run(
         rpc: opts.rpc.clone(),
         lease_call_timeout: Duration::from_millis(topo.renew_interval_ms.max(100)),
     };
+    if let Some(guard) = exec.guard.as_ref() {
+        exec.runner.commands.attach(guard);
+    }
     // No resource is touched before this run's guard holds the node's lock: a
     // guard of a run that just crashed may still be stopping them.
     match exec.guard.as_mut().and_then(GuardClient::take_ready) {
@@ -602,6 +605,7 @@ impl Executor {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         match GuardClient::spawn(&program, &args) {
             Ok(guard) => {
+                self.runner.commands.attach(&guard);
                 self.guard = Some(guard);
                 for (group, until) in self.guard_holds.clone() {
                     let resources = self.resources(&group);

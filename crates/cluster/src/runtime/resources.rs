@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
 use uphold_core::{ExecResource, IpResource, NodeName, ResourceSpec};
+use uphold_os::guard::CommandLedger;
 use uphold_os::vip::{AddOutcome, Netlink};
 
 /// Deadline for one netlink request: the kernel answers in microseconds, so a
@@ -41,6 +42,9 @@ pub struct ResourceRunner {
     /// Per group: set when the group is being stopped, so address announcements
     /// still in progress end at once.
     announcing: Arc<Mutex<BTreeMap<String, Arc<AtomicBool>>>>,
+    /// Every command run here is told to the guard, which ends those still
+    /// running before it undoes their group.
+    pub commands: CommandLedger,
 }
 
 impl std::fmt::Debug for ResourceRunner {
@@ -56,6 +60,7 @@ impl ResourceRunner {
             node: node.to_string(),
             start_deadlines: Arc::new(Mutex::new(BTreeMap::new())),
             announcing: Arc::new(Mutex::new(BTreeMap::new())),
+            commands: CommandLedger::default(),
         }
     }
 
@@ -143,9 +148,14 @@ impl ResourceRunner {
         match resource {
             ResourceSpec::Ip(ip) => self.start_ip(group, ip).await,
             ResourceSpec::Exec(exec) => {
-                let outcome = uphold_os::exec::run(&exec.start, exec.timeout, &self.env(group))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let outcome = uphold_os::exec::run_watched(
+                    &exec.start,
+                    exec.timeout,
+                    &self.env(group),
+                    &self.commands.watch(group),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 if outcome.success() {
                     info!(group, resource = %exec.name, "started");
                     Ok(())
@@ -211,9 +221,14 @@ impl ResourceRunner {
                 Ok(())
             }
             ResourceSpec::Exec(exec) => {
-                let outcome = uphold_os::exec::run(&exec.stop, exec.timeout, &self.env(group))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let outcome = uphold_os::exec::run_watched(
+                    &exec.stop,
+                    exec.timeout,
+                    &self.env(group),
+                    &self.commands.watch(group),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 if outcome.success() {
                     info!(group, resource = %exec.name, "stopped");
                     Ok(())
@@ -236,9 +251,14 @@ impl ResourceRunner {
         let Some(argv) = &exec.monitor else {
             return Ok(());
         };
-        let outcome = uphold_os::exec::run(argv, exec.timeout, &self.env(group))
-            .await
-            .map_err(|e| e.to_string())?;
+        let outcome = uphold_os::exec::run_watched(
+            argv,
+            exec.timeout,
+            &self.env(group),
+            &self.commands.watch(group),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         if outcome.success() {
             Ok(())
         } else {

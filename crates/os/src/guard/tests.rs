@@ -536,3 +536,125 @@ fn spawning_a_missing_guard_names_it() {
     let err = GuardClient::spawn(Path::new("/nonexistent/uphold"), &["guard"]).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/uphold"), "{err}");
 }
+
+/// A command of this test that leads its own process group, as the daemon's
+/// commands do, with a thread that reaps it as init reaps an orphan.
+fn running_command(script: &str) -> (ProcessId, std::thread::JoinHandle<()>) {
+    use std::os::unix::process::CommandExt as _;
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", script])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let process = ProcessId::of(child.id() as i32).expect("the command runs");
+    let reaper = std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    (process, reaper)
+}
+
+#[test]
+fn a_command_the_daemon_left_running_is_ended_before_the_stop_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let (start, start_reaper) = running_command("sleep 60");
+    let (other, other_reaper) = running_command("sleep 60");
+    // The stop writes whether the start command was still alive beside it.
+    let stop = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        format!(
+            "s=$(awk '{{print $3}}' /proc/{}/stat 2>/dev/null); \
+             case \"$s\" in ''|Z|X) echo stop;; *) echo overlap;; esac >> '{}'",
+            start.pid,
+            log.display()
+        ),
+    ];
+    let mut daemon = Daemon::start();
+    daemon.hold("web", in_ms(FAR), vec![exec_resource("app", stop)]);
+    daemon.send(&GuardMessage::CommandStarted {
+        group: "web".into(),
+        process: start,
+    });
+    // A group the guard does not hold: its command is not the guard's to end.
+    daemon.send(&GuardMessage::CommandStarted {
+        group: "batch".into(),
+        process: other,
+    });
+    daemon.close().unwrap();
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "stop\n");
+    start_reaper.join().unwrap();
+    assert!(!start.is_running());
+    assert!(
+        other.is_running(),
+        "the other group's command was left alone"
+    );
+    assert_eq!(other.kill_group_and_wait(WAIT_LIMIT), KillOutcome::Killed);
+    other_reaper.join().unwrap();
+}
+
+#[test]
+fn a_command_that_ended_is_not_signalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    let (command, reaper) = running_command("sleep 60");
+    let mut daemon = Daemon::start();
+    daemon.hold("web", in_ms(FAR), vec![exec_resource("app", touch(&done))]);
+    daemon.send(&GuardMessage::CommandStarted {
+        group: "web".into(),
+        process: command,
+    });
+    daemon.send(&GuardMessage::CommandEnded { process: command });
+    daemon.close().unwrap();
+    assert!(done.exists());
+    assert!(command.is_running(), "an ended command is forgotten");
+    assert_eq!(command.kill_group_and_wait(WAIT_LIMIT), KillOutcome::Killed);
+    reaper.join().unwrap();
+}
+
+#[test]
+fn the_ledger_tells_the_guard_process_of_a_start_still_running_when_the_daemon_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let stopped = dir.path().join("stopped");
+    let mut client = spawn_test_guard();
+    let ledger = CommandLedger::default();
+    ledger.attach(&client);
+    client
+        .hold(
+            "web",
+            in_ms(FAR),
+            &[exec_resource("app", touch(&stopped))],
+            &[],
+        )
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = vec!["/bin/sleep".to_string(), "60".to_string()];
+    let watch = ledger.watch("web");
+    let outcome = runtime.block_on(async {
+        let run = exec::run_watched(&start, Duration::from_secs(60), &[], &watch);
+        tokio::pin!(run);
+        // Once the start runs, the daemon "dies": its end of the pipe closes.
+        let mut client = Some(client);
+        loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                () = tokio::time::sleep(Duration::from_millis(20)), if client.is_some() => {
+                    if !ledger.lock().running.is_empty() {
+                        drop(client.take());
+                    }
+                }
+            }
+        }
+    });
+    let outcome = outcome.unwrap();
+    assert_eq!(
+        outcome.status,
+        exec::ExecStatus::Signaled(9),
+        "the guard killed the start"
+    );
+    wait_until("the guard's stop", || stopped.exists());
+    assert!(ledger.lock().running.is_empty(), "the killed start is over");
+}
