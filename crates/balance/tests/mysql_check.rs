@@ -6,7 +6,8 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use common::free_port;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -173,11 +174,6 @@ fn run_as_root_flag() -> Vec<String> {
     } else {
         Vec::new()
     }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
 }
 
 async fn probe_ok(addr: SocketAddr) -> MysqlState {

@@ -32,6 +32,13 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -
     Ok(())
 }
 
+/// [`wait_until`] for a test: panics with the same message on timeout.
+pub fn wait_for(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
+    if let Err(e) = wait_until(what, limit, cond) {
+        panic!("{e}");
+    }
+}
+
 /// `GET /v1/status` on a member's local API; Null when it does not answer.
 pub fn status(api: u16) -> serde_json::Value {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", api)) else {

@@ -87,27 +87,63 @@ pub struct IdleStat {
     pub processes: usize,
 }
 
-/// Samples every group at the start and the end of `window` (nothing else runs
-/// in between: the caller keeps the system idle).
-pub fn measure_idle(pgids: &[i32], window: Duration) -> Result<Vec<IdleStat>> {
+/// Samples every node at the start and the end of `window` (nothing else runs
+/// in between: the caller keeps the system idle). A node is one or more process
+/// groups: uphold's guard runs in a session of its own, and its cost is the
+/// daemon's.
+pub fn measure_idle(nodes: &[Vec<i32>], window: Duration) -> Result<Vec<IdleStat>> {
+    let usage = |groups: &Vec<i32>| -> Result<GroupUsage> {
+        let mut sum = GroupUsage::default();
+        for &g in groups {
+            let u = group_usage(g)?;
+            sum.ticks += u.ticks;
+            sum.rss_kib += u.rss_kib;
+            sum.processes += u.processes;
+        }
+        Ok(sum)
+    };
     let t0 = Instant::now();
-    let before: Vec<GroupUsage> = pgids
-        .iter()
-        .map(|&g| group_usage(g))
-        .collect::<Result<_>>()?;
+    let before: Vec<GroupUsage> = nodes.iter().map(usage).collect::<Result<_>>()?;
     std::thread::sleep(window);
     let wall = t0.elapsed().as_secs_f64();
     let hz = clk_tck() as f64;
-    pgids
+    nodes
         .iter()
         .zip(before)
-        .map(|(&g, b)| {
-            let a = group_usage(g)?;
+        .map(|(groups, b)| {
+            let a = usage(groups)?;
             Ok(IdleStat {
                 cpu_percent: a.ticks.saturating_sub(b.ticks) as f64 / hz / wall * 100.0,
                 rss_kib: a.rss_kib,
                 processes: a.processes,
             })
+        })
+        .collect()
+}
+
+/// Children of `pid` started with `arg` as their first argument (uphold's
+/// guard: `uphold guard ...`), by pid.
+pub fn children_with_arg(pid: i32, arg: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            let parent = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                });
+            let first_arg = std::fs::read(format!("/proc/{child}/cmdline"))
+                .ok()
+                .and_then(|c| {
+                    c.split(|b| *b == 0)
+                        .nth(1)
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                });
+            parent == Some(pid) && first_arg.as_deref() == Some(arg)
         })
         .collect()
 }

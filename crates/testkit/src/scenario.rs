@@ -498,8 +498,17 @@ pub fn measure_idle(opts: &RepOptions, window: Duration) -> Result<IdleResult> {
     let r = (|| {
         let (dep, obs, _owner) = bring_up(&lab, opts)?;
         drop(obs.stop());
-        let pgids: Vec<i32> = dep.daemons.iter().map(|d| d.pgid).collect();
-        let nodes = procstat::measure_idle(&pgids, window)?;
+        // The daemon's process group, plus uphold's guard (its own session).
+        let groups: Vec<Vec<i32>> = dep
+            .daemons
+            .iter()
+            .map(|d| {
+                let mut groups = vec![d.pgid];
+                groups.extend(procstat::children_with_arg(d.pgid, "guard"));
+                groups
+            })
+            .collect();
+        let nodes = procstat::measure_idle(&groups, window)?;
         if nodes.iter().any(|n| n.processes == 0) {
             return Err(anyhow!(
                 "a daemon exited during the idle window\n{}",

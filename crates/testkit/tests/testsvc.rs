@@ -1,9 +1,9 @@
 //! The test service's start/stop/check contract, on loopback (no root needed).
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use uphold_testkit::loopback::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_uphold-testsvc");
 
@@ -12,11 +12,6 @@ fn svc(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running uphold-testsvc")
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    l.local_addr().expect("local addr").port()
 }
 
 fn pid_in(path: &Path) -> i32 {

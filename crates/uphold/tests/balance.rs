@@ -6,28 +6,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use uphold_testkit::loopback::{free_port, wait_for};
 
 fn uphold() -> Command {
     Command::new(env!("CARGO_BIN_EXE_uphold"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A minimal HTTP/1.1 server (keep-alive) answering its name, on its own threads.
@@ -170,7 +152,7 @@ fn balancer_only_daemon_reloads_drains_and_reports() {
             .spawn()
             .unwrap(),
     );
-    wait_until("the balancer to serve", Duration::from_secs(10), || {
+    wait_for("the balancer to serve", Duration::from_secs(10), || {
         TcpStream::connect(("127.0.0.1", port)).ok().and_then(|s| {
             drop(s);
             Client::connect(port).get().ok()
@@ -185,7 +167,7 @@ fn balancer_only_daemon_reloads_drains_and_reports() {
         nix::sys::signal::Signal::SIGHUP,
     )
     .unwrap();
-    wait_until(
+    wait_for(
         "b to get requests after the reload",
         Duration::from_secs(10),
         || get(port) == "b",

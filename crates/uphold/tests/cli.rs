@@ -7,17 +7,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use uphold_testkit::loopback::{free_port, wait_for};
 
 fn uphold() -> Command {
     Command::new(env!("CARGO_BIN_EXE_uphold"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn examples() -> std::path::PathBuf {
@@ -235,17 +228,6 @@ fn daemon_refuses_bad_peers_with_a_clear_log_line_and_keeps_running() {
     drop(daemon);
 }
 
-fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn sighup_adds_and_removes_groups_and_refuses_a_broken_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -284,17 +266,17 @@ fn sighup_adds_and_removes_groups_and_refuses_a_broken_file() {
     let hup = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     let log_text = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
 
-    wait_until("group one to start", Duration::from_secs(15), || up("one"));
+    wait_for("group one to start", Duration::from_secs(15), || up("one"));
     std::fs::write(&config, format!("{head}{}{}", group("one"), group("two"))).unwrap();
     hup();
-    wait_until(
+    wait_for(
         "group two to start after SIGHUP",
         Duration::from_secs(10),
         || up("two"),
     );
     std::fs::write(&config, format!("{head}{}", group("two"))).unwrap();
     hup();
-    wait_until(
+    wait_for(
         "group one to stop after SIGHUP",
         Duration::from_secs(10),
         || !up("one"),
@@ -303,7 +285,7 @@ fn sighup_adds_and_removes_groups_and_refuses_a_broken_file() {
 
     std::fs::write(&config, format!("{head}{}\nbogus = 1\n", group("two"))).unwrap();
     hup();
-    wait_until(
+    wait_for(
         "the broken file to be refused",
         Duration::from_secs(10),
         || log_text().contains("reload refused"),

@@ -12,29 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use uphold_testkit::loopback::{free_port, wait_for};
 
 fn uphold() -> Command {
     Command::new(env!("CARGO_BIN_EXE_uphold"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// An `uphold run` child, killed with SIGKILL when dropped.
@@ -345,7 +327,7 @@ fn replication_survives_receiver_kill_network_cut_and_sender_restart() {
     }
     std::fs::create_dir_all(&dst).unwrap();
     let reader = Reader::start(dst.clone());
-    wait_until("the first copy", Duration::from_secs(60), || {
+    wait_for("the first copy", Duration::from_secs(60), || {
         identical(&src, &dst)
     });
 
@@ -355,13 +337,13 @@ fn replication_survives_receiver_kill_network_cut_and_sender_restart() {
         write(&src.join(format!("d{}/f{i}", i % 10)), 5000 + i);
     }
     write(&src.join("big1"), 8_500_000);
-    wait_until(
+    wait_for(
         "the target to be seen as down",
         Duration::from_secs(20),
         || target_state(api_a).as_deref() == Some("down"),
     );
     cable.restore();
-    wait_until(
+    wait_for(
         "changes made during the cut",
         Duration::from_secs(60),
         || identical(&src, &dst),
@@ -369,7 +351,7 @@ fn replication_survives_receiver_kill_network_cut_and_sender_restart() {
 
     // The receiver dies in the middle of a large transfer.
     write(&src.join("huge"), 64_000_000);
-    wait_until(
+    wait_for(
         "the large transfer to start",
         Duration::from_secs(30),
         || {
@@ -384,7 +366,7 @@ fn replication_survives_receiver_kill_network_cut_and_sender_restart() {
         assert!(is_whole(&data), "a partial huge file is visible");
     }
     b = Daemon::start(&config, "b", &log);
-    wait_until(
+    wait_for(
         "recovery after the receiver restart",
         Duration::from_secs(90),
         || identical(&src, &dst),
@@ -394,7 +376,7 @@ fn replication_survives_receiver_kill_network_cut_and_sender_restart() {
     for i in 0..3000 {
         write(&src.join(format!("burst/b{}/f{i}", i % 30)), 2000);
     }
-    wait_until(
+    wait_for(
         "part of the burst to arrive",
         Duration::from_secs(30),
         || files(&dst.join("burst")).len() > 100,
@@ -402,7 +384,7 @@ fn replication_survives_receiver_kill_network_cut_and_sender_restart() {
     drop(a);
     let there_before = files(&dst.join("burst")).len();
     a = Daemon::start(&config, "a", &log);
-    wait_until(
+    wait_for(
         "the burst after the sender restart",
         Duration::from_secs(90),
         || identical(&src, &dst),
@@ -457,31 +439,31 @@ fn the_direction_follows_the_group_across_a_failover() {
             .as_str()
             .map(str::to_string)
     };
-    wait_until(
+    wait_for(
         "a to send (it runs the group)",
         Duration::from_secs(30),
         || role(api_a).as_deref() == Some("sender"),
     );
     std::fs::write(www("a").join("before"), versioned(1, 1000)).unwrap();
     std::fs::write(www("a").join("doomed"), versioned(2, 1000)).unwrap();
-    wait_until("a's files on b", Duration::from_secs(30), || {
+    wait_for("a's files on b", Duration::from_secs(30), || {
         identical(&www("a"), &www("b"))
     });
 
     drop(a);
-    wait_until("b to take over and send", Duration::from_secs(30), || {
+    wait_for("b to take over and send", Duration::from_secs(30), || {
         role(api_b).as_deref() == Some("sender")
     });
     std::fs::write(www("b").join("after"), versioned(3, 5000)).unwrap();
     std::fs::remove_file(www("b").join("doomed")).unwrap();
 
     let _a = Daemon::start(&config, "a", &log);
-    wait_until(
+    wait_for(
         "a to come back as a receiver",
         Duration::from_secs(30),
         || role(api_a).as_deref() == Some("receiver"),
     );
-    wait_until("b's changes on a", Duration::from_secs(30), || {
+    wait_for("b's changes on a", Duration::from_secs(30), || {
         identical(&www("b"), &www("a"))
     });
     assert!(!www("a").join("doomed").exists());
