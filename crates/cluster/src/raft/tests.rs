@@ -418,7 +418,7 @@ fn common_leader(c: &MemCluster) -> Option<NodeId> {
 }
 
 /// How long a disk may stall before Raft leadership moves, with the default
-/// timing (heartbeat 50 ms, elections 150-300 ms). Leases are not logged, so
+/// timing (heartbeat 100 ms, elections 300-600 ms). Leases are not logged, so
 /// in steady state nothing is written and a stall of any length changes
 /// nothing. openraft 0.9 waits inside its core for an entry's fsync, so while
 /// an entry is being written a stalled leader disk stops its heartbeats and the
@@ -426,16 +426,16 @@ fn common_leader(c: &MemCluster) -> Option<NodeId> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_disk_moves_leadership_only_while_an_entry_waits_for_it() {
     let timing = Timing {
-        heartbeat_interval: Duration::from_millis(50),
-        election_timeout_min: Duration::from_millis(150),
-        election_timeout_max: Duration::from_millis(300),
+        heartbeat_interval: Duration::from_millis(100),
+        election_timeout_min: Duration::from_millis(300),
+        election_timeout_max: Duration::from_millis(600),
         ..test_timing()
     };
     let c = MemCluster::start_timed(&NAMES, Compaction::default(), timing).await;
     let leader = c.leader().await;
     let term = c.node(leader).status().term;
 
-    // Every disk stalls for 3 s (ten election timeouts), nothing is written.
+    // Every disk stalls for 3 s (five to ten election timeouts), nothing is written.
     for disk in c.disks.values() {
         disk.hold();
     }

@@ -540,7 +540,7 @@ fn report(files: &[PathBuf]) -> Result<bool> {
     if !parts.is_empty() {
         println!();
         println!(
-            "Idle, per node (daemon process group, {:.0} s): {}.",
+            "Idle, per node (daemon process group and, for uphold, its guard; {:.0} s): {}.",
             idle_secs.unwrap_or(f64::NAN),
             parts.join("; ")
         );
