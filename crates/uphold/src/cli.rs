@@ -1,5 +1,5 @@
 //! Command-line syntax. Names of commands and flags are part of the user-facing
-//! contract (see shared/PRODUCT.md).
+//! contract: scripts and runbooks call them, so they are not renamed.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
