@@ -12,42 +12,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 
-/// Ports handed out in this process: a released port is not handed out twice (a
-/// test holding a "dead" server's port must not see it become another's).
-static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-
-fn claim(ports: &[u16]) -> bool {
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if ports.iter().any(|p| given.contains(p)) {
-        return false;
-    }
-    given.extend_from_slice(ports);
-    true
-}
-
-/// A free loopback port (bound and released; tests bind it again at once). Taken
-/// below the kernel's ephemeral range, so outgoing connections of other tests
-/// cannot be using it meanwhile, and never twice in one process.
+/// A port nobody listens on now (the kernel's choice for an ephemeral bind).
 pub fn free_port() -> u16 {
-    free_ports(1)
-}
-
-/// `n` consecutive free loopback ports; returns the first.
-pub fn free_ports(n: u16) -> u16 {
-    use std::hash::{BuildHasher, RandomState};
-    let random = RandomState::new();
-    for attempt in 0u32..1000 {
-        let base = 20000 + (random.hash_one(attempt) % 12000) as u16;
-        let held: Vec<_> = (0..n)
-            .filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
-            .collect();
-        if held.len() == usize::from(n) && claim(&(base..base + n).collect::<Vec<_>>()) {
-            return base;
-        }
-    }
-    panic!("no {n} consecutive free ports");
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// Polls `cond` every 20 ms until it holds, or fails after `limit`.
@@ -66,18 +36,6 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -
 pub fn wait_for(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
     if let Err(e) = wait_until(what, limit, cond) {
         panic!("{e}");
-    }
-}
-
-/// [`wait_for`] inside a tokio runtime: sleeps without blocking the runtime.
-pub async fn wait_for_async(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

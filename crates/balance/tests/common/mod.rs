@@ -9,12 +9,9 @@ use http_body_util::{BodyExt, Full};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uphold_balance::BalanceService;
-// Each test file uses a part of these.
-#[allow(unused_imports)]
-pub use uphold_testkit::loopback::{free_port, free_ports, wait_for_async as wait_until};
 
 /// An HTTP server answering its name; `/slow?ms=N` waits first, `/headers` lists
 /// the request headers, `/echo` counts the body. `requests` leaves out health checks. `kill` closes its
@@ -171,6 +168,40 @@ pub async fn tcp_backend(
     })
 }
 
+/// Ports handed out in this process: a released port is not handed out twice (a
+/// test holding a "dead" server's port must not see it become a balancer's).
+static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+fn claim(ports: &[u16]) -> bool {
+    let mut given = GIVEN.lock().unwrap();
+    if ports.iter().any(|p| given.contains(p)) {
+        return false;
+    }
+    given.extend_from_slice(ports);
+    true
+}
+
+/// A free loopback port (bound and released; tests bind it again at once). Taken
+/// below the kernel's ephemeral range, so outgoing connections of other tests
+/// cannot be using it meanwhile.
+pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// `n` consecutive free ports.
+pub fn free_ports(n: u16) -> u16 {
+    for _ in 0..1000 {
+        let base = 20000 + (rand::random::<u16>() % 12000);
+        let held: Vec<_> = (0..n)
+            .filter_map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == usize::from(n) && claim(&(base..base + n).collect::<Vec<_>>()) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports");
+}
+
 pub fn config(text: &str) -> uphold_config::Config {
     match uphold_config::parse_str(text, "test.toml") {
         Ok(l) => l.config,
@@ -181,6 +212,17 @@ pub fn config(text: &str) -> uphold_config::Config {
 pub fn start(text: &str) -> BalanceService {
     let c = config(text);
     BalanceService::start(&c.balance, &c.balancer, tokio::runtime::Handle::current()).unwrap()
+}
+
+/// Polls `f` until it is true or `limit` passes.
+pub async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 pub fn server_health(lb: &BalanceService, frontend: &str, server: &str) -> String {

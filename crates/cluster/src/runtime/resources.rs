@@ -148,7 +148,14 @@ impl ResourceRunner {
         match resource {
             ResourceSpec::Ip(ip) => self.start_ip(group, ip).await,
             ResourceSpec::Exec(exec) => {
-                let outcome = self.run_command(group, &exec.start, exec.timeout).await?;
+                let outcome = uphold_os::exec::run_watched(
+                    &exec.start,
+                    exec.timeout,
+                    &self.env(group),
+                    &self.commands.watch(group),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 if outcome.success() {
                     info!(group, resource = %exec.name, "started");
                     Ok(())
@@ -214,7 +221,14 @@ impl ResourceRunner {
                 Ok(())
             }
             ResourceSpec::Exec(exec) => {
-                let outcome = self.run_command(group, &exec.stop, exec.timeout).await?;
+                let outcome = uphold_os::exec::run_watched(
+                    &exec.stop,
+                    exec.timeout,
+                    &self.env(group),
+                    &self.commands.watch(group),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 if outcome.success() {
                     info!(group, resource = %exec.name, "stopped");
                     Ok(())
@@ -226,19 +240,6 @@ impl ResourceRunner {
     }
 
     /// One monitor pass. Ok(()) when healthy.
-    /// Runs one of `group`'s commands with its environment, told to the guard
-    /// while it runs.
-    async fn run_command(
-        &self,
-        group: &str,
-        argv: &[String],
-        timeout: Duration,
-    ) -> Result<uphold_os::ExecOutcome, String> {
-        uphold_os::exec::run_watched(argv, timeout, &self.env(group), &self.commands.watch(group))
-            .await
-            .map_err(|e| e.to_string())
-    }
-
     pub async fn monitor(&self, group: &str, resource: &ResourceSpec) -> Result<(), String> {
         match resource {
             ResourceSpec::Ip(ip) => self.monitor_ip(ip).await,
@@ -250,7 +251,14 @@ impl ResourceRunner {
         let Some(argv) = &exec.monitor else {
             return Ok(());
         };
-        let outcome = self.run_command(group, argv, exec.timeout).await?;
+        let outcome = uphold_os::exec::run_watched(
+            argv,
+            exec.timeout,
+            &self.env(group),
+            &self.commands.watch(group),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         if outcome.success() {
             Ok(())
         } else {
