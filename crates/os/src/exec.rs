@@ -350,6 +350,7 @@ pub async fn run_watched(
 mod tests {
     use super::*;
     use std::path::Path;
+    use uphold_testkit::loopback::wait_for_async;
 
     fn argv(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| s.to_string()).collect()
@@ -360,6 +361,7 @@ mod tests {
     }
 
     const LONG: Duration = Duration::from_secs(20);
+    const WAIT_LIMIT: Duration = Duration::from_secs(10);
 
     /// Dead means gone or a zombie waiting for whoever inherited it.
     fn is_dead(pid: i32) -> bool {
@@ -372,19 +374,8 @@ mod tests {
         }
     }
 
-    async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !cond() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
     async fn read_pid(path: &Path) -> i32 {
-        wait_until("pid file", || {
+        wait_for_async("pid file", WAIT_LIMIT, || {
             std::fs::read_to_string(path).is_ok_and(|s| s.trim().parse::<i32>().is_ok())
         })
         .await;
@@ -509,7 +500,7 @@ mod tests {
         assert!(out.duration < Duration::from_secs(10), "{:?}", out.duration);
         assert_eq!(out.output, "waiting\n");
         let bg = read_pid(&pidfile).await;
-        wait_until("background sleep to die", || is_dead(bg)).await;
+        wait_for_async("background sleep to die", WAIT_LIMIT, || is_dead(bg)).await;
     }
 
     #[tokio::test]
@@ -526,7 +517,7 @@ mod tests {
         // A normal exit must not kill what the command left running.
         assert!(!is_dead(daemon), "the daemonized child was killed");
         nix::sys::signal::kill(Pid::from_raw(daemon), Signal::SIGKILL).unwrap();
-        wait_until("test daemon to die", || is_dead(daemon)).await;
+        wait_for_async("test daemon to die", WAIT_LIMIT, || is_dead(daemon)).await;
     }
 
     #[tokio::test]
@@ -541,7 +532,7 @@ mod tests {
         );
         let out = run(&sh(&script), LONG, &[]).await.unwrap();
         assert!(out.success(), "{}", out.summary());
-        wait_until("late writer to finish", || done.exists()).await;
+        wait_for_async("late writer to finish", WAIT_LIMIT, || done.exists()).await;
     }
 
     #[tokio::test]
@@ -557,6 +548,9 @@ mod tests {
         };
         assert!(!is_dead(bg));
         drop(running);
-        wait_until("background sleep to die after cancel", || is_dead(bg)).await;
+        wait_for_async("background sleep to die after cancel", WAIT_LIMIT, || {
+            is_dead(bg)
+        })
+        .await;
     }
 }

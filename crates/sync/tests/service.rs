@@ -7,26 +7,16 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uphold_core::NodeName;
 use uphold_proto::{init_ca, issue_member_cert, serve, AllowedPeers, Endpoint, TlsIdentity};
 use uphold_sync::path::Excludes;
 use uphold_sync::receiver::{Receiver, ReceiverHandler};
 use uphold_sync::service::{SyncOptions, SyncService};
+use uphold_testkit::loopback::wait_for;
 
 fn name(s: &str) -> NodeName {
     NodeName::new(s).unwrap()
-}
-
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -97,7 +87,7 @@ fn past_the_watch_limit_changes_still_arrive_and_status_says_so() {
             })
             .unwrap_or(false)
     };
-    wait_until("the first copy", Duration::from_secs(30), same);
+    wait_for("the first copy", Duration::from_secs(30), same);
     let status = service.status();
     let watch = status.sets[0].watch.clone().unwrap();
     assert!(watch.unwatched_dirs > 0, "{watch:?}");
@@ -106,7 +96,7 @@ fn past_the_watch_limit_changes_still_arrive_and_status_says_so() {
     for d in 0..12 {
         std::fs::write(source.join(format!("d{d}/inner/f")), b"second version").unwrap();
     }
-    wait_until(
+    wait_for(
         "changes in unwatched directories",
         Duration::from_secs(30),
         same,

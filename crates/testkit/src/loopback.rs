@@ -39,6 +39,18 @@ pub fn wait_for(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
     }
 }
 
+/// [`wait_for`] inside a tokio runtime: sleeps without blocking the runtime.
+pub async fn wait_for_async(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// `GET /v1/status` on a member's local API; Null when it does not answer.
 pub fn status(api: u16) -> serde_json::Value {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", api)) else {

@@ -9,9 +9,11 @@ use http_body_util::{BodyExt, Full};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uphold_balance::BalanceService;
+#[allow(unused_imports)]
+pub use uphold_testkit::loopback::wait_for_async as wait_until;
 
 /// An HTTP server answering its name; `/slow?ms=N` waits first, `/headers` lists
 /// the request headers, `/echo` counts the body. `requests` leaves out health checks. `kill` closes its
@@ -212,17 +214,6 @@ pub fn config(text: &str) -> uphold_config::Config {
 pub fn start(text: &str) -> BalanceService {
     let c = config(text);
     BalanceService::start(&c.balance, &c.balancer, tokio::runtime::Handle::current()).unwrap()
-}
-
-/// Polls `f` until it is true or `limit` passes.
-pub async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        if Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 pub fn server_health(lb: &BalanceService, frontend: &str, server: &str) -> String {

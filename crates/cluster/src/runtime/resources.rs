@@ -148,14 +148,7 @@ impl ResourceRunner {
         match resource {
             ResourceSpec::Ip(ip) => self.start_ip(group, ip).await,
             ResourceSpec::Exec(exec) => {
-                let outcome = uphold_os::exec::run_watched(
-                    &exec.start,
-                    exec.timeout,
-                    &self.env(group),
-                    &self.commands.watch(group),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+                let outcome = self.run_command(group, &exec.start, exec.timeout).await?;
                 if outcome.success() {
                     info!(group, resource = %exec.name, "started");
                     Ok(())
@@ -221,14 +214,7 @@ impl ResourceRunner {
                 Ok(())
             }
             ResourceSpec::Exec(exec) => {
-                let outcome = uphold_os::exec::run_watched(
-                    &exec.stop,
-                    exec.timeout,
-                    &self.env(group),
-                    &self.commands.watch(group),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+                let outcome = self.run_command(group, &exec.stop, exec.timeout).await?;
                 if outcome.success() {
                     info!(group, resource = %exec.name, "stopped");
                     Ok(())
@@ -240,6 +226,19 @@ impl ResourceRunner {
     }
 
     /// One monitor pass. Ok(()) when healthy.
+    /// Runs one of `group`'s commands with its environment, told to the guard
+    /// while it runs.
+    async fn run_command(
+        &self,
+        group: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<uphold_os::ExecOutcome, String> {
+        uphold_os::exec::run_watched(argv, timeout, &self.env(group), &self.commands.watch(group))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     pub async fn monitor(&self, group: &str, resource: &ResourceSpec) -> Result<(), String> {
         match resource {
             ResourceSpec::Ip(ip) => self.monitor_ip(ip).await,
@@ -251,14 +250,7 @@ impl ResourceRunner {
         let Some(argv) = &exec.monitor else {
             return Ok(());
         };
-        let outcome = uphold_os::exec::run_watched(
-            argv,
-            exec.timeout,
-            &self.env(group),
-            &self.commands.watch(group),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let outcome = self.run_command(group, argv, exec.timeout).await?;
         if outcome.success() {
             Ok(())
         } else {

@@ -8,6 +8,7 @@ use std::io::PipeWriter;
 use std::path::PathBuf;
 use std::time::Instant;
 use uphold_core::{ExecResource, IpResource};
+use uphold_testkit::loopback::wait_for;
 
 const WAIT_LIMIT: Duration = Duration::from_secs(10);
 const FAR: u64 = 60_000;
@@ -47,19 +48,11 @@ fn append(log: &Path, word: &str) -> Vec<String> {
     ]
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT_LIMIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Waits for `cond` and checks it did not come true before `until`: the
 /// condition is sampled before the clock, so a true sample with an earlier
 /// clock reading proves it happened early.
 fn wait_not_before(what: &str, until: u64, mut cond: impl FnMut() -> bool) {
-    wait_until(what, || {
+    wait_for(what, WAIT_LIMIT, || {
         let done = cond();
         let now = monotonic_now_ms();
         assert!(
@@ -197,7 +190,7 @@ fn a_new_hold_replaces_the_old_deadline_and_resources() {
     let mut daemon = Daemon::start();
     daemon.hold("web", in_ms(FAR), vec![exec_resource("app", touch(&old))]);
     daemon.hold("web", in_ms(100), vec![exec_resource("app", touch(&new))]);
-    wait_until("the replaced hold to expire", || new.exists());
+    wait_for("the replaced hold to expire", WAIT_LIMIT, || new.exists());
     daemon.close().unwrap();
     assert!(!old.exists(), "the replaced resources were undone");
 }
@@ -258,7 +251,7 @@ fn release_prevents_the_undo() {
         in_ms(700),
         vec![exec_resource("mysql", touch(&later))],
     );
-    wait_until("the later group to expire", || later.exists());
+    wait_for("the later group to expire", WAIT_LIMIT, || later.exists());
     assert!(!released.exists(), "a released group was undone");
     daemon.send(&GuardMessage::Shutdown);
     daemon.finished().unwrap();
@@ -289,7 +282,9 @@ fn unreadable_lines_are_skipped() {
     daemon.raw(b"{\"type\":\"bogus\"}\n");
     daemon.raw(&[0xff, 0xfe, b'\n']);
     daemon.hold("web", in_ms(50), vec![exec_resource("app", touch(&web))]);
-    wait_until("the hold after garbage to expire", || web.exists());
+    wait_for("the hold after garbage to expire", WAIT_LIMIT, || {
+        web.exists()
+    });
     daemon.close().unwrap();
 }
 
@@ -353,7 +348,9 @@ fn addresses_are_removed_at_expiry_and_on_eof_in_a_namespace() {
                 ip_resource("10.80.0.7", 24, "veth0"),
             ],
         );
-        wait_until("10.80.0.5 to be removed", || !ns_has(&name, "10.80.0.5/24"));
+        wait_for("10.80.0.5 to be removed", WAIT_LIMIT, || {
+            !ns_has(&name, "10.80.0.5/24")
+        });
         assert!(ns_has(&name, "10.80.0.6/24"), "db was undone before EOF");
         // Dropping `daemon` closes the pipe.
     });
@@ -433,7 +430,11 @@ fn guard_process_runs_in_its_own_session_and_undoes_when_the_daemon_goes() {
     client
         .hold("web", in_ms(200), &[exec_resource("app", touch(&web))], &[])
         .unwrap();
-    wait_until("web lease to expire in the guard process", || web.exists());
+    wait_for(
+        "web lease to expire in the guard process",
+        WAIT_LIMIT,
+        || web.exists(),
+    );
     client
         .hold("db", in_ms(FAR), &[exec_resource("mysql", touch(&db))], &[])
         .unwrap();
@@ -441,8 +442,12 @@ fn guard_process_runs_in_its_own_session_and_undoes_when_the_daemon_goes() {
     let guard_pid = client.pid();
     // What a SIGKILLed daemon leaves behind: the pipe closes, nothing else.
     drop(client);
-    wait_until("db to be undone after the daemon vanished", || db.exists());
-    wait_until("the guard to exit", || is_dead(guard_pid));
+    wait_for(
+        "db to be undone after the daemon vanished",
+        WAIT_LIMIT,
+        || db.exists(),
+    );
+    wait_for("the guard to exit", WAIT_LIMIT, || is_dead(guard_pid));
 }
 
 #[test]
@@ -487,17 +492,21 @@ fn sigterm_makes_the_guard_process_undo_before_exiting() {
             &[],
         )
         .unwrap();
-    wait_until("the guard to process the holds", || probe.exists());
+    wait_for("the guard to process the holds", WAIT_LIMIT, || {
+        probe.exists()
+    });
     let pid = nix::unistd::Pid::from_raw(i32::try_from(client.pid()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    wait_until("web to be undone on SIGTERM", || web.exists());
-    wait_until("the guard to exit", || !client.is_alive());
+    wait_for("web to be undone on SIGTERM", WAIT_LIMIT, || web.exists());
+    wait_for("the guard to exit", WAIT_LIMIT, || !client.is_alive());
 }
 
 #[test]
 fn a_dead_guard_is_detected() {
     let mut client = GuardClient::spawn(Path::new("/bin/sh"), &["-c", "exit 3"]).unwrap();
-    wait_until("the short-lived guard to exit", || !client.is_alive());
+    wait_for("the short-lived guard to exit", WAIT_LIMIT, || {
+        !client.is_alive()
+    });
     let err = client.release("web").unwrap_err();
     assert!(matches!(err, OsError::GuardGone { .. }), "{err}");
     let err = client.shutdown().unwrap_err();
@@ -528,7 +537,7 @@ fn a_guard_that_does_not_read_is_reported_as_stalled_not_blocking() {
     );
     let pid = nix::unistd::Pid::from_raw(i32::try_from(client.pid()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    wait_until("the test guard to die", || !client.is_alive());
+    wait_for("the test guard to die", WAIT_LIMIT, || !client.is_alive());
 }
 
 #[test]
@@ -655,6 +664,6 @@ fn the_ledger_tells_the_guard_process_of_a_start_still_running_when_the_daemon_g
         exec::ExecStatus::Signaled(9),
         "the guard killed the start"
     );
-    wait_until("the guard's stop", || stopped.exists());
+    wait_for("the guard's stop", WAIT_LIMIT, || stopped.exists());
     assert!(ledger.lock().running.is_empty(), "the killed start is over");
 }
