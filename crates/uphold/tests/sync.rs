@@ -157,10 +157,6 @@ impl Reader {
         let join = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 for path in files(&root) {
-                    let name = path.file_name().unwrap().to_string_lossy().to_string();
-                    if name.starts_with(".uphold-tmp.") {
-                        continue;
-                    }
                     let mut data = Vec::new();
                     let Ok(mut f) = std::fs::File::open(&path) else {
                         continue;
@@ -198,6 +194,8 @@ impl Reader {
     }
 }
 
+/// The files under `root` a web server would serve: the receiver's temporary files
+/// are left out (a batch staged when its sender dies may never be committed).
 fn files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -206,6 +204,9 @@ fn files(root: &Path) -> Vec<PathBuf> {
             continue;
         };
         for e in read.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".uphold-tmp.") {
+                continue;
+            }
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(e.path()),
                 Ok(t) if t.is_file() => out.push(e.path()),
