@@ -44,9 +44,14 @@ pub fn main(args: RunArgs) -> ExitCode {
         }
     };
     let cpu = protect_self(cluster.as_ref().map(|(c, _)| c.protection));
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(1).enable_all();
-    protect_runtime_threads(&mut builder, cpu);
+    // One thread runs the decision loop, Raft and the member RPC: a message that
+    // passes between them wakes no other thread. Two runtime threads cost twice
+    // the idle CPU in futex wakeups and context switches (bench/failover idle
+    // row); nothing on this runtime blocks (disk writes have their own threads,
+    // exec and guard waits run on the blocking pool).
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    protect_blocking_threads(&mut builder, cpu);
     let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -654,35 +659,23 @@ fn protect_self(wanted: Option<uphold_config::Protection>) -> uphold_os::protect
     cpu
 }
 
-/// Gives the main runtime's threads the priority `cpu`, from their start. The
-/// realtime level is kept for the worker threads (raised the first time each
-/// wakes up; blocking threads never do): blocking jobs include file-sync work
-/// that can compute for seconds, which the realtime budget would end, so they
-/// run at high. The balancer's own runtimes are started from threads marked
-/// reset-on-fork, so they stay at normal priority.
-fn protect_runtime_threads(
+/// Gives the main runtime's blocking threads the priority `cpu`, from their
+/// start, but never realtime: blocking jobs include file-sync work that can
+/// compute for seconds, which the realtime budget would end. The thread that
+/// runs the runtime itself was raised by [`protect_self`]. The balancer's own
+/// runtimes are started from threads marked reset-on-fork, so they stay at
+/// normal priority.
+fn protect_blocking_threads(
     builder: &mut tokio::runtime::Builder,
     cpu: uphold_os::protect::CpuPriority,
 ) {
     use uphold_os::protect::CpuPriority;
-    if cpu == CpuPriority::Normal {
-        return;
-    }
-    let at_start = match cpu {
+    let for_blocking = match cpu {
+        CpuPriority::Normal => return,
         CpuPriority::Realtime => CpuPriority::High,
         other => other,
     };
-    builder.on_thread_start(move || raise_thread(at_start));
-    if cpu == CpuPriority::Realtime {
-        builder.on_thread_unpark(|| {
-            thread_local! {
-                static RAISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-            }
-            if !RAISED.replace(true) {
-                raise_thread(CpuPriority::Realtime);
-            }
-        });
-    }
+    builder.on_thread_start(move || raise_thread(for_blocking));
 }
 
 /// Raises the calling runtime thread; only the first failure is logged (the
