@@ -10,6 +10,9 @@
 //! Nothing here opens files or sockets: everything runs over `std::io::Read`,
 //! `Write` and `Seek`, and memory stays O(block size) on both sides.
 
+// Purity is checked: clippy.toml lists what deciding code must not call.
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
 pub mod apply;
 pub mod delta;
 pub mod rolling;

@@ -2,6 +2,9 @@
 //! placement decisions and each node's agent. Events and the current time go in, actions come out; the
 //! executor in `crate::runtime` performs them. Nothing here does I/O or reads a clock.
 
+// Purity is checked: clippy.toml lists what deciding code must not call.
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
 pub mod agent;
 pub mod lease;
 pub mod liveness;
