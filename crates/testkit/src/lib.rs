@@ -4,6 +4,7 @@
 //! ([`scenario`]) and the stress scenarios ([`stress`]) with the host loads they
 //! apply ([`pressure`]), shared by the end-to-end tests and `bench/failover`.
 
+pub mod child;
 pub mod deploy;
 pub mod loopback;
 pub mod netns;

@@ -301,6 +301,7 @@ async fn members_daemon(
         allowed,
     ));
     let status_cell: StatusCell = Arc::new(RwLock::new(None));
+    let (active_groups_tx, active_groups_rx) = watch::channel(runtime::ActiveGroups::new());
     // A file that only names members for file sync runs no consensus. A cluster with
     // no groups yet still runs it, so groups can be added with SIGHUP.
     let run_cluster = !cluster.groups.is_empty() || config.sync.is_empty();
@@ -309,7 +310,7 @@ async fn members_daemon(
     let sync = if config.sync.is_empty() {
         None
     } else {
-        let group_active = group_active_fn(status_cell.clone(), me.name.clone());
+        let group_active = group_active_fn(active_groups_rx.clone());
         let me_name = me.name.clone();
         let sender_check_active = group_active.clone();
         let receiver = Arc::new(uphold_sync::receiver::Receiver::new(
@@ -457,6 +458,7 @@ async fn members_daemon(
                 netlink,
                 reload: cluster_reload_rx,
                 extra_services,
+                active_groups: active_groups_tx,
             },
             status_cell,
             shutdown_rx,
@@ -476,23 +478,12 @@ async fn members_daemon(
     result
 }
 
-/// Whether `group` runs here now: this member owns it and has it starting or running.
+/// Whether `group` runs here now (starting or running), as the cluster runtime
+/// published it at its last change of phase.
 fn group_active_fn(
-    status: StatusCell,
-    me: uphold_core::NodeName,
+    active: watch::Receiver<runtime::ActiveGroups>,
 ) -> uphold_sync::service::GroupActive {
-    Arc::new(move |group: &uphold_core::GroupName| {
-        let Ok(cell) = status.read() else {
-            return false;
-        };
-        cell.as_ref().is_some_and(|s| {
-            s.groups.iter().any(|g| {
-                g.name == group.as_str()
-                    && g.owner.as_deref() == Some(me.as_str())
-                    && matches!(g.local_phase.as_deref(), Some("starting") | Some("running"))
-            })
-        })
-    })
+    Arc::new(move |group: &uphold_core::GroupName| active.borrow().contains(group))
 }
 
 async fn serve_members_port(

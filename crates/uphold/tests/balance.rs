@@ -4,8 +4,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use uphold_testkit::child::KilledOnDrop;
 use uphold_testkit::loopback::{free_port, wait_for};
 
 fn uphold() -> Command {
@@ -99,15 +100,6 @@ fn get(port: u16) -> String {
     Client::connect(port).get().unwrap()
 }
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn config(api: u16, port: u16, servers: &[(&str, u16)]) -> String {
     let mut text = format!(
         "[balancer]\nthreads = 1\napi = \"127.0.0.1:{api}\"\n\n[[balance]]\nname = \"web\"\nlisten = \"127.0.0.1:{port}\"\nmode = \"http\"\n[balance.check]\ntype = \"http\"\ninterval = \"100ms\"\n"
@@ -143,7 +135,7 @@ fn balancer_only_daemon_reloads_drains_and_reports() {
     let path = dir.path().join("uphold.toml");
     std::fs::write(&path, config(api, port, &[("a", a)])).unwrap();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let daemon = Daemon(
+    let daemon = KilledOnDrop(
         uphold()
             .args(["run", "--config"])
             .arg(&path)

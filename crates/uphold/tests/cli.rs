@@ -4,9 +4,10 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use uphold_testkit::child::KilledOnDrop;
 use uphold_testkit::loopback::{free_port, wait_for};
 
 fn uphold() -> Command {
@@ -93,15 +94,6 @@ fn demo_shows_a_failover_and_exits_cleanly() {
     assert!(stdout.contains("stays on"), "{stdout}");
 }
 
-/// Kills the daemon's process group (daemon and its guard's children) at the end.
-struct Daemon(Child);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn daemon_refuses_bad_peers_with_a_clear_log_line_and_keeps_running() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,7 +136,7 @@ fn daemon_refuses_bad_peers_with_a_clear_log_line_and_keeps_running() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let daemon = Daemon(child);
+    let daemon = KilledOnDrop(child);
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -261,7 +253,7 @@ fn sighup_adds_and_removes_groups_and_refuses_a_broken_file() {
         .spawn()
         .unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _daemon = Daemon(child);
+    let _daemon = KilledOnDrop(child);
     let up = |name: &str| dir.path().join(format!("{name}.up")).exists();
     let hup = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     let log_text = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();

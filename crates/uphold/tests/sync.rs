@@ -9,44 +9,32 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use uphold_testkit::child::{run_ok, KilledOnDrop};
 use uphold_testkit::loopback::{free_port, wait_for};
 
 fn uphold() -> Command {
     Command::new(env!("CARGO_BIN_EXE_uphold"))
 }
 
-/// An `uphold run` child, killed with SIGKILL when dropped.
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    fn start(config: &Path, node: &str, log: &Path) -> Daemon {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = uphold()
+/// `uphold run` as member `node`, its log appended to `log`; killed with
+/// SIGKILL when dropped.
+fn start_member(config: &Path, node: &str, log: &Path) -> KilledOnDrop {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    KilledOnDrop::spawn(
+        uphold()
             .args(["run", "--node", node, "--config"])
             .arg(config)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Daemon { child }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .stderr(log),
+    )
 }
 
 /// A TCP relay between members that can cut the network: on `cut` every relayed
@@ -270,16 +258,7 @@ fn target_state(api: u16) -> Option<String> {
 }
 
 fn init(config: &Path) {
-    let out = uphold()
-        .args(["init", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(uphold().args(["init", "--config"]).arg(config));
 }
 
 #[test]
@@ -307,8 +286,8 @@ fn replication_survives_receiver_kill_network_cut_and_sender_restart() {
     .unwrap();
     init(&config);
     let log = d.join("log");
-    let mut b = Daemon::start(&config, "b", &log);
-    let mut a = Daemon::start(&config, "a", &log);
+    let mut b = start_member(&config, "b", &log);
+    let mut a = start_member(&config, "a", &log);
     let mut tag = 0u64;
     // Source files appear whole (written beside the tree, then renamed in): a file
     // caught half-written in the source would be a true copy of a partial file, and
@@ -366,7 +345,7 @@ fn replication_survives_receiver_kill_network_cut_and_sender_restart() {
     if let Ok(data) = std::fs::read(dst.join("huge")) {
         assert!(is_whole(&data), "a partial huge file is visible");
     }
-    b = Daemon::start(&config, "b", &log);
+    b = start_member(&config, "b", &log);
     wait_for(
         "recovery after the receiver restart",
         Duration::from_secs(90),
@@ -384,7 +363,7 @@ fn replication_survives_receiver_kill_network_cut_and_sender_restart() {
     );
     drop(a);
     let there_before = files(&dst.join("burst")).len();
-    a = Daemon::start(&config, "a", &log);
+    a = start_member(&config, "a", &log);
     wait_for(
         "the burst after the sender restart",
         Duration::from_secs(90),
@@ -431,9 +410,9 @@ fn the_direction_follows_the_group_across_a_failover() {
     .unwrap();
     init(&config);
     let log = d.join("log");
-    let _w = Daemon::start(&config, "w", &log);
-    let _b = Daemon::start(&config, "b", &log);
-    let a = Daemon::start(&config, "a", &log);
+    let _w = start_member(&config, "w", &log);
+    let _b = start_member(&config, "b", &log);
+    let a = start_member(&config, "a", &log);
     let (api_a, api_b) = (ports[1], ports[3]);
     let role = |api: u16| {
         status(api)["sync"]["sets"][0]["role"]
@@ -458,7 +437,7 @@ fn the_direction_follows_the_group_across_a_failover() {
     std::fs::write(www("b").join("after"), versioned(3, 5000)).unwrap();
     std::fs::remove_file(www("b").join("doomed")).unwrap();
 
-    let _a = Daemon::start(&config, "a", &log);
+    let _a = start_member(&config, "a", &log);
     wait_for(
         "a to come back as a receiver",
         Duration::from_secs(30),

@@ -36,6 +36,10 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
 /// The node's guard lock in the state directory (see `uphold_os::guard`).
 pub const GUARD_LOCK_FILE: &str = "guard.lock";
 
+/// The groups this member has starting or running right now: what other roles
+/// (sync today) follow. Published at every change of a local phase.
+pub type ActiveGroups = std::collections::BTreeSet<GroupName>;
+
 pub struct RuntimeOptions {
     pub config: ClusterConfig,
     pub me: NodeName,
@@ -54,6 +58,20 @@ pub struct RuntimeOptions {
         std::ops::RangeInclusive<u16>,
         Arc<dyn uphold_proto::RpcHandler>,
     )>,
+    /// Where the groups active here are published (see [`ActiveGroups`]).
+    pub active_groups: watch::Sender<ActiveGroups>,
+}
+
+/// Sends the groups starting or running here when they differ from what was
+/// last sent; most events change none, and then nothing is allocated.
+fn publish_active_groups(tx: &watch::Sender<ActiveGroups>, engine: &NodeEngine) {
+    tx.send_if_modified(|published| {
+        if published.iter().eq(engine.agent().active_groups()) {
+            return false;
+        }
+        *published = engine.agent().active_groups().cloned().collect();
+        true
+    });
 }
 
 /// What a reload may change while running: groups and their resources. The rest
@@ -187,6 +205,7 @@ pub async fn run(
     let clock = MonotonicClock::new();
     let mut config = opts.config.clone();
     let mut reload = opts.reload;
+    let active_groups = opts.active_groups;
     let me = config
         .member(opts.me.as_str())
         .ok_or_else(|| anyhow::anyhow!("{} is not a member of cluster {}", opts.me, config.name))?
@@ -381,6 +400,7 @@ pub async fn run(
         }
         let actions = engine.on_event(event, now);
         exec.perform_all(actions, &engine);
+        publish_active_groups(&active_groups, &engine);
         exec.check_guard();
         next_wake = engine.next_deadline(clock.now_ms(), MAX_IDLE_MS);
         if last_status.elapsed() >= Duration::from_millis(200) {
@@ -403,6 +423,7 @@ pub async fn run(
         }
     }
     exec.stop_everything().await;
+    active_groups.send_replace(ActiveGroups::new());
     server.abort();
     if let Some(guard) = exec.guard.take() {
         // Waits for the guard process to exit: blocking, so off the async workers.
