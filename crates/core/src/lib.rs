@@ -10,4 +10,4 @@ pub mod resource;
 
 pub use clock::{Clock, Millis};
 pub use names::{node_id_for, GroupName, NameError, NodeId, NodeName};
-pub use resource::{ExecResource, IpResource, ResourceSpec};
+pub use resource::{EmergencyStop, ExecResource, IpResource, ResourceSpec};

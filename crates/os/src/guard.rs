@@ -36,7 +36,7 @@ use std::time::Duration;
 use nix::fcntl::{fcntl, FcntlArg, Flock, FlockArg, OFlag};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use serde::{Deserialize, Serialize};
-use uphold_core::ResourceSpec;
+use uphold_core::{EmergencyStop, ResourceSpec};
 
 use crate::clock::monotonic_now_ms;
 use crate::error::OsError;
@@ -619,11 +619,12 @@ impl Guard {
     /// Undoes the group's addresses (`addresses`) or its services (reverse order).
     fn undo(&mut self, group: &str, hold: &Hold, reason: Reason, addresses: bool) {
         let why = reason.describe(group);
-        let order = hold
-            .resources
-            .iter()
-            .rev()
-            .filter(|r| matches!(r, ResourceSpec::Ip(_)) == addresses);
+        let phases = EmergencyStop::of(&hold.resources);
+        let order = if addresses {
+            phases.addresses
+        } else {
+            phases.services
+        };
         for resource in order {
             match resource {
                 ResourceSpec::Ip(ip) => {

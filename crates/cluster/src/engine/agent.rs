@@ -73,6 +73,8 @@ struct LocalGroup {
     /// Voters that refused the claim: their log has the group at a later epoch.
     refused_by: BTreeSet<NodeId>,
     gate: Gate,
+    /// Failed checks in a row, by resource; a success clears its entry.
+    monitor_failures: BTreeMap<usize, u32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -112,10 +114,14 @@ pub enum AgentEvent {
         epoch: u64,
         reason: String,
     },
-    MonitorFailed {
+    /// A check of resource `resource` (its place in the group) ended: `failure`
+    /// says why it failed. Executors report every failure and the first success
+    /// after one; the engine counts failures in a row against the group's spec.
+    MonitorChecked {
         group: GroupName,
         epoch: u64,
-        reason: String,
+        resource: usize,
+        failure: Option<String>,
     },
     /// Stop everything, hand the groups back, then report idle.
     Shutdown,
@@ -315,22 +321,38 @@ impl Agent {
                     }
                 }
             }
-            AgentEvent::MonitorFailed {
+            AgentEvent::MonitorChecked {
                 group,
                 epoch,
-                reason,
+                resource,
+                failure,
             } => {
-                if let Some(local) = self.groups.get_mut(&group) {
-                    if local.epoch == epoch && local.phase == GroupPhase::Running {
-                        local.phase = GroupPhase::Stopping {
-                            kind: StopKind::Orderly,
-                            then_release: Some(ReleaseReason::MonitorFailed(reason)),
-                        };
-                        actions.push(AgentAction::StopGroup {
-                            group: group.clone(),
-                            epoch,
-                            kind: StopKind::Orderly,
-                        });
+                let allowed = topo
+                    .group(&group)
+                    .map_or(1, |spec| spec.failures_before_move(resource));
+                let running = self
+                    .groups
+                    .get_mut(&group)
+                    .filter(|local| local.epoch == epoch && local.phase == GroupPhase::Running);
+                match (running, failure) {
+                    (None, _) => {}
+                    (Some(local), None) => {
+                        local.monitor_failures.remove(&resource);
+                    }
+                    (Some(local), Some(reason)) => {
+                        let failures = local.monitor_failures.entry(resource).or_insert(0);
+                        *failures += 1;
+                        if *failures >= allowed {
+                            local.phase = GroupPhase::Stopping {
+                                kind: StopKind::Orderly,
+                                then_release: Some(ReleaseReason::MonitorFailed(reason)),
+                            };
+                            actions.push(AgentAction::StopGroup {
+                                group: group.clone(),
+                                epoch,
+                                kind: StopKind::Orderly,
+                            });
+                        }
                     }
                 }
             }
@@ -671,6 +693,7 @@ impl Agent {
                             applied_index: self.applied_index,
                             ..Gate::default()
                         },
+                        monitor_failures: BTreeMap::new(),
                     },
                 );
                 self.renew_now = true;

@@ -59,10 +59,14 @@ pub enum Event {
         epoch: u64,
         reason: String,
     },
-    MonitorFailed {
+    /// A check of resource `resource` (its place in the group) ended: `failure`
+    /// says why it failed. Executors report every failure and the first success
+    /// after one; the engine counts failures in a row against the group's spec.
+    MonitorChecked {
         group: GroupName,
         epoch: u64,
-        reason: String,
+        resource: usize,
+        failure: Option<String>,
     },
     Shutdown,
     /// This run's guard is in control of the node's resources (see
@@ -309,14 +313,16 @@ impl NodeEngine {
                 epoch,
                 reason,
             },
-            Event::MonitorFailed {
+            Event::MonitorChecked {
                 group,
                 epoch,
-                reason,
-            } => AgentEvent::MonitorFailed {
+                resource,
+                failure,
+            } => AgentEvent::MonitorChecked {
                 group,
                 epoch,
-                reason,
+                resource,
+                failure,
             },
             Event::Shutdown => AgentEvent::Shutdown,
             Event::GuardReady => AgentEvent::GuardReady,

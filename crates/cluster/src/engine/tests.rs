@@ -25,6 +25,7 @@ fn topo(failback: bool) -> Topology {
             name: web(),
             nodes: vec![A, B, C],
             failback,
+            monitor_failures_allowed: vec![1, 3],
         }],
         800,
         200,
@@ -419,14 +420,83 @@ fn a_claim_refused_by_a_majority_stops_the_group_and_hands_it_back() {
 }
 
 #[test]
+fn only_failures_in_a_row_up_to_the_resources_allowance_move_the_group() {
+    // Resource 1 of `web` may fail three checks in a row; a pass in between
+    // starts the count again, and the other resource's allowance is its own.
+    let topo = topo(false);
+    let mut agent = running_agent(&topo);
+    let check = |resource: usize, failure: Option<&str>| AgentEvent::MonitorChecked {
+        group: web(),
+        epoch: 1,
+        resource,
+        failure: failure.map(str::to_string),
+    };
+    for event in [
+        check(1, Some("refused")),
+        check(1, Some("refused")),
+        check(1, None),
+        check(1, Some("refused")),
+        check(1, Some("refused")),
+    ] {
+        assert_eq!(agent.on_event(event, 100, &topo), vec![]);
+    }
+    assert_eq!(
+        agent.on_event(check(1, Some("timed out")), 100, &topo),
+        vec![AgentAction::StopGroup {
+            group: web(),
+            epoch: 1,
+            kind: StopKind::Orderly
+        }]
+    );
+    // Stopping: later reports change nothing.
+    assert_eq!(agent.on_event(check(0, Some("gone")), 100, &topo), vec![]);
+    let release = Command::Release {
+        group: web(),
+        node: A,
+        epoch: 1,
+        incarnation: INC,
+        reason: ReleaseReason::MonitorFailed("timed out".into()),
+    };
+    assert_eq!(
+        agent.on_event(
+            AgentEvent::GroupStopped {
+                group: web(),
+                epoch: 1,
+            },
+            150,
+            &topo,
+        ),
+        vec![
+            AgentAction::GuardRelease { group: web() },
+            AgentAction::Propose(release),
+            renewal_of_a(3, vec![], vec![claim(1)]),
+        ]
+    );
+}
+
+#[test]
+fn a_report_for_another_epoch_is_ignored() {
+    let topo = topo(false);
+    let mut agent = running_agent(&topo);
+    let stale = AgentEvent::MonitorChecked {
+        group: web(),
+        epoch: 0,
+        resource: 0,
+        failure: Some("down".into()),
+    };
+    assert_eq!(agent.on_event(stale, 100, &topo), vec![]);
+}
+
+#[test]
 fn agent_moves_group_away_after_monitor_failure_and_never_restarts_it_there() {
     let topo = topo(false);
     let mut agent = running_agent(&topo);
     let actions = agent.on_event(
-        AgentEvent::MonitorFailed {
+        AgentEvent::MonitorChecked {
             group: web(),
             epoch: 1,
-            reason: "down".into(),
+            resource: 0,
+            failure: Some("down".into()),
         },
         100,
         &topo,

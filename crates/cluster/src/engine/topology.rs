@@ -10,6 +10,20 @@ pub struct GroupSpec {
     /// Preference order; only nodes that can run groups.
     pub nodes: Vec<NodeId>,
     pub failback: bool,
+    /// Per resource, in order: how many failed checks in a row move the group
+    /// away. A resource without an entry moves it at the first failure.
+    pub monitor_failures_allowed: Vec<u32>,
+}
+
+impl GroupSpec {
+    /// Failed checks in a row of resource `resource` that move the group.
+    pub fn failures_before_move(&self, resource: usize) -> u32 {
+        self.monitor_failures_allowed
+            .get(resource)
+            .copied()
+            .unwrap_or(1)
+            .max(1)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -117,6 +117,14 @@ pub fn topology_from(config: &ClusterConfig) -> Topology {
             name: g.name.clone(),
             nodes: g.nodes.iter().map(|n| n.id()).collect(),
             failback: g.failback,
+            monitor_failures_allowed: g
+                .resources
+                .iter()
+                .map(|r| match r {
+                    ResourceSpec::Exec(exec) => exec.failures_before_move,
+                    ResourceSpec::Ip(_) => 1,
+                })
+                .collect(),
         })
         .collect();
     Topology::with_timing(
@@ -148,10 +156,11 @@ enum Done {
         group: GroupName,
         epoch: u64,
     },
-    MonitorFailed {
+    MonitorChecked {
         group: GroupName,
         epoch: u64,
-        reason: String,
+        resource: usize,
+        failure: Option<String>,
     },
     RenewalAck {
         from: uphold_core::NodeId,
@@ -364,9 +373,12 @@ pub async fn run(
                     Event::GroupStopFailed { group, epoch, reason }
                 }
                 Done::Stopped { group, epoch } => Event::GroupStopped { group, epoch },
-                Done::MonitorFailed { group, epoch, reason } => {
-                    warn!(%group, "monitor failed: {reason}");
-                    Event::MonitorFailed { group, epoch, reason }
+                Done::MonitorChecked { group, epoch, resource, failure } => {
+                    match &failure {
+                        Some(reason) => warn!(%group, "monitor check failed: {reason}"),
+                        None => info!(%group, "monitor check passed again"),
+                    }
+                    Event::MonitorChecked { group, epoch, resource, failure }
                 }
             }),
             Some(new) = reload.recv() => {
@@ -646,32 +658,31 @@ impl Executor {
 
     fn spawn_monitors(&mut self, group: &GroupName, epoch: u64) {
         let mut handles = Vec::new();
-        for resource in self.resources(group) {
+        // Reports every failure and the first success after one; how many
+        // failures move the group is the engine's decision.
+        for (index, resource) in self.resources(group).into_iter().enumerate() {
             let runner = self.runner.clone();
             let tx = self.done_tx.clone();
             let group = group.clone();
-            let allowed_failures = match &resource {
-                ResourceSpec::Exec(exec) => exec.failures_before_move.max(1),
-                ResourceSpec::Ip(_) => 1,
-            };
             handles.push(tokio::spawn(async move {
                 let interval = resource.monitor_interval();
-                let mut failures = 0;
+                let mut failing = false;
                 loop {
                     tokio::time::sleep(interval).await;
-                    match runner.monitor(group.as_str(), &resource).await {
-                        Ok(()) => failures = 0,
-                        Err(reason) => {
-                            failures += 1;
-                            if failures >= allowed_failures {
-                                let _ = tx.send(Done::MonitorFailed {
-                                    group,
-                                    epoch,
-                                    reason: format!("{}: {reason}", resource.label()),
-                                });
-                                return;
-                            }
-                        }
+                    let failure = match runner.monitor(group.as_str(), &resource).await {
+                        Ok(()) if !failing => continue,
+                        Ok(()) => None,
+                        Err(reason) => Some(format!("{}: {reason}", resource.label())),
+                    };
+                    failing = failure.is_some();
+                    let checked = Done::MonitorChecked {
+                        group: group.clone(),
+                        epoch,
+                        resource: index,
+                        failure,
+                    };
+                    if tx.send(checked).is_err() {
+                        return;
                     }
                 }
             }));

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
-use uphold_core::{ExecResource, IpResource, NodeName, ResourceSpec};
+use uphold_core::{EmergencyStop, ExecResource, IpResource, NodeName, ResourceSpec};
 use uphold_os::guard::CommandLedger;
 use uphold_os::vip::{AddOutcome, Netlink};
 
@@ -123,12 +123,10 @@ impl ResourceRunner {
                 cancel.store(true, Ordering::SeqCst);
             }
         }
-        let mut order: Vec<&ResourceSpec> = resources.iter().rev().collect();
-        if kind == StopKind::Emergency {
-            // Our lease is ending: the addresses must be gone before anyone else may
-            // take them, so they go first and services follow.
-            order.sort_by_key(|r| !matches!(r, ResourceSpec::Ip(_)));
-        }
+        let order: Vec<&ResourceSpec> = match kind {
+            StopKind::Emergency => EmergencyStop::of(resources).in_order(),
+            StopKind::Orderly => resources.iter().rev().collect(),
+        };
         let mut failed = Vec::new();
         for resource in order {
             if let Err(e) = self.stop(group, resource).await {

@@ -492,6 +492,8 @@ impl World {
                     .map(|m| node_id_for(&cfg.member_name(*m)))
                     .collect(),
                 failback: g.failback,
+                // The simulated resources move the group at the first failure.
+                monitor_failures_allowed: Vec::new(),
             })
             .collect();
         let witnesses: Vec<NodeId> = (cfg.nodes().len()..n)
@@ -1173,7 +1175,7 @@ impl World {
             match &event {
                 Event::GroupStarted { .. }
                 | Event::GroupStopped { .. }
-                | Event::MonitorFailed { .. }
+                | Event::MonitorChecked { .. }
                 | Event::GateAnswered { .. }
                 | Event::RenewalAnswered { .. } => {
                     let text = format!("{event:?}");
@@ -1433,10 +1435,11 @@ impl World {
                     d.exec[g].monitor_reported = true;
                     self.feed(
                         m,
-                        Event::MonitorFailed {
+                        Event::MonitorChecked {
                             group,
                             epoch,
-                            reason,
+                            resource: 0,
+                            failure: Some(reason),
                         },
                     );
                 }
@@ -1474,10 +1477,11 @@ impl World {
             let group = self.groups[g].clone();
             self.feed(
                 m,
-                Event::MonitorFailed {
+                Event::MonitorChecked {
                     group,
                     epoch,
-                    reason: "resources missing".into(),
+                    resource: 0,
+                    failure: Some("resources missing".into()),
                 },
             );
         }
