@@ -77,6 +77,22 @@ struct LocalGroup {
     monitor_failures: BTreeMap<usize, u32>,
 }
 
+impl LocalGroup {
+    /// The group failed here: stop it in order, then release it with `reason`
+    /// so that it moves and is not placed here again.
+    fn stop_to_hand_over(&mut self, group: &GroupName, reason: ReleaseReason) -> AgentAction {
+        self.phase = GroupPhase::Stopping {
+            kind: StopKind::Orderly,
+            then_release: Some(reason),
+        };
+        AgentAction::StopGroup {
+            group: group.clone(),
+            epoch: self.epoch,
+            kind: StopKind::Orderly,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentEvent {
     Tick,
@@ -306,17 +322,9 @@ impl Agent {
                     if local.epoch == epoch && local.phase == GroupPhase::Starting {
                         match result {
                             Ok(()) => local.phase = GroupPhase::Running,
-                            Err(reason) => {
-                                local.phase = GroupPhase::Stopping {
-                                    kind: StopKind::Orderly,
-                                    then_release: Some(ReleaseReason::StartFailed(reason)),
-                                };
-                                actions.push(AgentAction::StopGroup {
-                                    group: group.clone(),
-                                    epoch,
-                                    kind: StopKind::Orderly,
-                                });
-                            }
+                            Err(reason) => actions.push(
+                                local.stop_to_hand_over(&group, ReleaseReason::StartFailed(reason)),
+                            ),
                         }
                     }
                 }
@@ -343,15 +351,12 @@ impl Agent {
                         let failures = local.monitor_failures.entry(resource).or_insert(0);
                         *failures += 1;
                         if *failures >= allowed {
-                            local.phase = GroupPhase::Stopping {
-                                kind: StopKind::Orderly,
-                                then_release: Some(ReleaseReason::MonitorFailed(reason)),
-                            };
-                            actions.push(AgentAction::StopGroup {
-                                group: group.clone(),
-                                epoch,
-                                kind: StopKind::Orderly,
-                            });
+                            actions.push(
+                                local.stop_to_hand_over(
+                                    &group,
+                                    ReleaseReason::MonitorFailed(reason),
+                                ),
+                            );
                         }
                     }
                 }
