@@ -3,7 +3,7 @@
 //! another (redispatch), up to the frontend's `retries`.
 
 use crate::frontend::Frontend;
-use crate::pool::{Lease, Refusal};
+use crate::pool::{Refusal, ServerSlot};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tokio::net::TcpStream;
@@ -14,14 +14,14 @@ pub enum Failure {
     Unreachable(String),
 }
 
-/// Connects to `lease`'s server for traffic that arrived on `listen_port`.
+/// Connects to `slot`'s server for traffic that arrived on `listen_port`.
 pub async fn open(
     frontend: &Frontend,
-    lease: &Lease,
+    slot: &ServerSlot,
     listen_port: u16,
 ) -> Result<TcpStream, String> {
     let cfg = &frontend.config;
-    let Some(addr) = lease.server.config.address_in(listen_port, cfg.ports) else {
+    let Some(addr) = slot.server.config.address_in(listen_port, cfg.ports) else {
         return Err(format!(
             "port {listen_port} is no longer served by this frontend"
         ));
@@ -38,7 +38,7 @@ pub async fn open(
             cfg.connect_timeout
         )),
     };
-    let server = &lease.server;
+    let server = &slot.server;
     match &result {
         Ok(_) => {
             server.traffic.connections.fetch_add(1, Relaxed);
@@ -62,11 +62,11 @@ pub async fn connect_any(
     preferred: Option<usize>,
     listen_port: u16,
     mut exclude: Vec<usize>,
-) -> Result<(Lease, TcpStream), Failure> {
+) -> Result<(ServerSlot, TcpStream), Failure> {
     let mut last_error = String::new();
     let first = exclude.len() as u32;
     for attempt in first..=frontend.config.retries {
-        let lease = match frontend
+        let slot = match frontend
             .pool
             .acquire(
                 client,
@@ -81,11 +81,11 @@ pub async fn connect_any(
             }
             Err(r) => return Err(Failure::Refused(r)),
         };
-        match open(frontend, &lease, listen_port).await {
-            Ok(stream) => return Ok((lease, stream)),
+        match open(frontend, &slot, listen_port).await {
+            Ok(stream) => return Ok((slot, stream)),
             Err(e) => {
                 last_error = e;
-                exclude.push(lease.index);
+                exclude.push(slot.index);
                 if attempt < frontend.config.retries {
                     frontend.pool.traffic.retries.fetch_add(1, Relaxed);
                 }

@@ -8,7 +8,7 @@ use crate::connect::{connect_any, Failure};
 use crate::engine::select::client_hash;
 use crate::frontend::{Frontend, Slot};
 use crate::idle::{Activity, Watched};
-use crate::pool::{Lease, Refusal};
+use crate::pool::{Refusal, ServerSlot};
 use crate::upstream::{self, ReqBody, Returnable};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -175,12 +175,12 @@ async fn forward(
     // Bounded: each round either uses up a pooled connection or a server attempt.
     for _ in 0..64 {
         let preferred = persisted.filter(|_| exclude.is_empty());
-        let (lease, mut sender) =
+        let (slot, mut sender) =
             match checkout(frontend, hash, preferred, &exclude, listen_port).await {
                 Ok(pair) => pair,
                 Err(resp) => return resp,
             };
-        let server = lease.server.clone();
+        let server = slot.server.clone();
         server.traffic.requests.fetch_add(1, Relaxed);
         let replay = if sender.reused {
             replay_copy(&req)
@@ -194,9 +194,9 @@ async fn forward(
                 let set_cookie = cfg
                     .cookie
                     .as_deref()
-                    .filter(|_| persisted != Some(lease.index))
+                    .filter(|_| persisted != Some(slot.index))
                     .map(|name| format!("{name}={}; Path=/; HttpOnly", server.name()));
-                return relay_response(resp, lease, sender, frontend.clone(), set_cookie);
+                return relay_response(resp, slot, sender, frontend.clone(), set_cookie);
             }
             Err(upstream::SendError::NotSent(back)) => {
                 // The pooled connection closed before the request went out: nothing
@@ -236,7 +236,7 @@ async fn checkout(
     preferred: Option<usize>,
     exclude: &[usize],
     listen_port: u16,
-) -> Result<(Lease, upstream::Sender), Response<ResponseBody>> {
+) -> Result<(ServerSlot, upstream::Sender), Response<ResponseBody>> {
     let cfg = &frontend.config;
     if !(cfg.ports.first..=cfg.ports.last).contains(&listen_port) {
         // A keep-alive connection on a port that a reload took away.
@@ -245,30 +245,27 @@ async fn checkout(
             "this port is no longer served",
         ));
     }
-    let lease = match frontend.pool.acquire(hash, preferred, exclude).await {
+    let slot = match frontend.pool.acquire(hash, preferred, exclude).await {
         Ok(l) => l,
         Err(r) => return Err(refused(frontend, r)),
     };
-    let addr = lease
-        .server
-        .config
-        .address_for(listen_port, cfg.ports.first);
+    let addr = slot.server.config.address_for(listen_port, cfg.ports.first);
     if let Some(sender) = upstream::take_idle(addr).await {
-        return Ok((lease, sender));
+        return Ok((slot, sender));
     }
     // No idle connection to that server: connect; if that fails, others are tried.
-    let connected = match crate::connect::open(frontend, &lease, listen_port).await {
-        Ok(stream) => Ok((lease, stream)),
+    let connected = match crate::connect::open(frontend, &slot, listen_port).await {
+        Ok(stream) => Ok((slot, stream)),
         Err(_) if cfg.retries == 0 => Err(Failure::Unreachable("connect failed".into())),
         Err(_) => {
             let mut excluded = exclude.to_vec();
-            excluded.push(lease.index);
-            drop(lease);
+            excluded.push(slot.index);
+            drop(slot);
             frontend.pool.traffic.retries.fetch_add(1, Relaxed);
             connect_any(frontend, hash, None, listen_port, excluded).await
         }
     };
-    let (lease, stream) = match connected {
+    let (slot, stream) = match connected {
         Ok(pair) => pair,
         Err(Failure::Refused(r)) => return Err(refused(frontend, r)),
         Err(Failure::Unreachable(e)) => {
@@ -280,14 +277,11 @@ async fn checkout(
             ));
         }
     };
-    let addr = lease
-        .server
-        .config
-        .address_for(listen_port, cfg.ports.first);
+    let addr = slot.server.config.address_for(listen_port, cfg.ports.first);
     match upstream::handshake(stream, addr, cfg.server_timeout).await {
-        Ok(sender) => Ok((lease, sender)),
+        Ok(sender) => Ok((slot, sender)),
         Err(e) => {
-            lease.server.traffic.server_errors.fetch_add(1, Relaxed);
+            slot.server.traffic.server_errors.fetch_add(1, Relaxed);
             Err(error_response(
                 StatusCode::BAD_GATEWAY,
                 &format!("server connection: {e}"),
@@ -441,7 +435,7 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 fn relay_response(
     resp: Response<Incoming>,
-    lease: Lease,
+    slot: ServerSlot,
     sender: upstream::Sender,
     frontend: Arc<Frontend>,
     set_cookie: Option<String>,
@@ -456,7 +450,7 @@ fn relay_response(
     }
     let relay = Relay {
         body,
-        returnable: Some(Returnable { sender, lease }),
+        returnable: Some(Returnable { sender, slot }),
         frontend,
         done: false,
     };
@@ -503,7 +497,7 @@ impl Body for Relay {
                     let n = data.len() as u64;
                     this.frontend.pool.traffic.bytes_out.fetch_add(n, Relaxed);
                     if let Some(ret) = &this.returnable {
-                        ret.lease.server.traffic.bytes_out.fetch_add(n, Relaxed);
+                        ret.slot.server.traffic.bytes_out.fetch_add(n, Relaxed);
                     }
                 }
                 if this.body.is_end_stream() {

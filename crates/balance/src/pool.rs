@@ -320,13 +320,13 @@ pub struct Pool {
 
 /// A slot on a server, given back when dropped.
 #[derive(Debug)]
-pub struct Lease {
+pub struct ServerSlot {
     pub server: Arc<Server>,
     pub index: usize,
     pool: Arc<Pool>,
 }
 
-impl Drop for Lease {
+impl Drop for ServerSlot {
     fn drop(&mut self) {
         self.server.active.fetch_sub(1, Relaxed);
         self.server.traffic.active.fetch_sub(1, Relaxed);
@@ -371,7 +371,7 @@ impl Pool {
             random: config.algorithm == uphold_config::balance::Algorithm::Random,
             queue_max: config.queue,
             queue_timeout: config.queue_timeout,
-            // Shared with the previous version: its leases wake this one's waiters,
+            // Shared with the previous version: its server slots wake this one's waiters,
             // and the frontend's counters go on.
             freed: previous.map(|p| p.freed.clone()).unwrap_or_default(),
             counters: previous.map(|p| p.counters.clone()).unwrap_or_default(),
@@ -396,12 +396,12 @@ impl Pool {
         client: u64,
         preferred: Option<usize>,
         exclude: &[usize],
-    ) -> Result<Lease, Refusal> {
+    ) -> Result<ServerSlot, Refusal> {
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             let notified = self.freed.notified();
             match self.try_acquire(client, preferred, exclude) {
-                Ok(lease) => return Ok(lease),
+                Ok(slot) => return Ok(slot),
                 Err(Pick::AllFull) => {}
                 Err(_) => return Err(Refusal::NoServer),
             }
@@ -431,13 +431,13 @@ impl Pool {
         client: u64,
         preferred: Option<usize>,
         exclude: &[usize],
-    ) -> Result<Lease, Pick> {
+    ) -> Result<ServerSlot, Pick> {
         if let Some(i) = preferred.filter(|i| !exclude.contains(i)) {
             let s = &self.servers[i];
             // Draining servers still take their persistent clients, so sessions end
             // where they started.
             if s.healthy() && s.admin() != Admin::Disabled && s.try_take() {
-                return Ok(self.lease(i));
+                return Ok(self.slot(i));
             }
         }
         // Lost races for the last slot are retried a few times before queueing.
@@ -459,7 +459,7 @@ impl Pool {
             match pick {
                 Pick::Server(i) => {
                     if self.servers[i].try_take() {
-                        return Ok(self.lease(i));
+                        return Ok(self.slot(i));
                     }
                 }
                 other => return Err(other),
@@ -468,10 +468,10 @@ impl Pool {
         Err(Pick::AllFull)
     }
 
-    fn lease(self: &Arc<Self>, index: usize) -> Lease {
+    fn slot(self: &Arc<Self>, index: usize) -> ServerSlot {
         let server = self.servers[index].clone();
         server.traffic.active.fetch_add(1, Relaxed);
-        Lease {
+        ServerSlot {
             server,
             index,
             pool: self.clone(),

@@ -24,7 +24,7 @@ pub async fn serve(
     frontend: Arc<Frontend>,
 ) {
     let cfg = &frontend.config;
-    let (lease, mut server) = match connect_any(
+    let (slot, mut server) = match connect_any(
         &frontend,
         client_hash(peer.ip()),
         None,
@@ -45,7 +45,7 @@ pub async fn serve(
             return;
         }
     };
-    if let Some(version) = lease.server.config.proxy_protocol {
+    if let Some(version) = slot.server.config.proxy_protocol {
         let local = if local.ip().is_unspecified() {
             client.local_addr().unwrap_or(local)
         } else {
@@ -53,7 +53,7 @@ pub async fn serve(
         };
         let header = crate::proxy_protocol::header(version, peer, local);
         if server.write_all(&header).await.is_err() {
-            lease.server.traffic.server_errors.fetch_add(1, Relaxed);
+            slot.server.traffic.server_errors.fetch_add(1, Relaxed);
             return;
         }
     }
@@ -69,7 +69,7 @@ pub async fn serve(
     };
     match result {
         Ok((to_server, to_client)) => {
-            let t = &lease.server.traffic;
+            let t = &slot.server.traffic;
             t.bytes_in.fetch_add(to_server, Relaxed);
             t.bytes_out.fetch_add(to_client, Relaxed);
             frontend.pool.traffic.bytes_in.fetch_add(to_server, Relaxed);
@@ -80,7 +80,7 @@ pub async fn serve(
                 .fetch_add(to_client, Relaxed);
         }
         Err(e) => {
-            tracing::debug!(frontend = %cfg.name, client = %peer, server = %lease.server.name(), "connection ended: {e}");
+            tracing::debug!(frontend = %cfg.name, client = %peer, server = %slot.server.name(), "connection ended: {e}");
         }
     }
 }

@@ -38,7 +38,7 @@ pub async fn forward(
 ) -> Response<ResponseBody> {
     let cfg = &frontend.config;
     let client_side = hyper::upgrade::on(&mut req);
-    let (lease, stream) = match connect_any(frontend, client, None, listen_port, Vec::new()).await {
+    let (slot, stream) = match connect_any(frontend, client, None, listen_port, Vec::new()).await {
         Ok(pair) => pair,
         Err(Failure::Refused(_)) | Err(Failure::Unreachable(_)) => {
             frontend.pool.counters.no_server.fetch_add(1, Relaxed);
@@ -87,19 +87,19 @@ pub async fn forward(
         match tokio::time::timeout(cfg.server_timeout, sender.send_request(server_req)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                lease.server.traffic.server_errors.fetch_add(1, Relaxed);
+                slot.server.traffic.server_errors.fetch_add(1, Relaxed);
                 return error_response(StatusCode::BAD_GATEWAY, &format!("server: {e}"));
             }
             Err(_) => {
-                lease.server.traffic.server_errors.fetch_add(1, Relaxed);
+                slot.server.traffic.server_errors.fetch_add(1, Relaxed);
                 return error_response(
                     StatusCode::GATEWAY_TIMEOUT,
                     "the server did not answer in time",
                 );
             }
         };
-    lease.server.traffic.requests.fetch_add(1, Relaxed);
-    lease.server.traffic.response(resp.status().as_u16());
+    slot.server.traffic.requests.fetch_add(1, Relaxed);
+    slot.server.traffic.response(resp.status().as_u16());
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The server declined: pass its answer on; the connection is not reused.
         let (parts, body) = resp.into_parts();
@@ -124,14 +124,14 @@ pub async fn forward(
         let relay = tokio::io::copy_bidirectional(&mut a, &mut b);
         tokio::select! {
             r = relay => if let Ok((up, down)) = r {
-                lease.server.traffic.bytes_in.fetch_add(up, Relaxed);
-                lease.server.traffic.bytes_out.fetch_add(down, Relaxed);
+                slot.server.traffic.bytes_in.fetch_add(up, Relaxed);
+                slot.server.traffic.bytes_out.fetch_add(down, Relaxed);
                 frontend.pool.traffic.bytes_in.fetch_add(up, Relaxed);
                 frontend.pool.traffic.bytes_out.fetch_add(down, Relaxed);
             },
             _ = activity.idle_for(idle_limit) => {}
         }
-        drop(lease);
+        drop(slot);
     });
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))

@@ -3,7 +3,7 @@
 //! runtimes, so a connection never moves between threads and no lock is taken).
 //! Reusing server connections is what makes connection-per-request clients cheap.
 
-use crate::pool::Lease;
+use crate::pool::ServerSlot;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::cell::RefCell;
@@ -89,7 +89,7 @@ impl Sender {
 /// A server connection whose response is complete, with the slot it held.
 pub struct Returnable {
     pub sender: Sender,
-    pub lease: Lease,
+    pub slot: ServerSlot,
 }
 
 thread_local! {
@@ -114,8 +114,8 @@ pub async fn take_idle(addr: SocketAddr) -> Option<Sender> {
 
 /// Puts a finished connection back for reuse and frees its slot.
 pub fn give_back(r: Returnable) {
-    let Returnable { mut sender, lease } = r;
-    drop(lease);
+    let Returnable { mut sender, slot } = r;
+    drop(slot);
     if sender.inner.is_closed() {
         return;
     }

@@ -17,7 +17,7 @@
 //!   an unwatched subtree: not explored, reported as `Rescan(top)` every
 //!   `scan_interval`, and retried then.
 
-use super::tree::{DirTree, NodeId, ROOT};
+use super::tree::{DirTree, EntryId, ROOT};
 use super::{Hint, IgnoreFn};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -99,7 +99,7 @@ pub(crate) struct EngineStats {
 #[derive(Debug)]
 struct PendingMove {
     cookie: u32,
-    parent: NodeId,
+    parent: EntryId,
     name: OsString,
     is_dir: bool,
     deadline: Instant,
@@ -116,7 +116,7 @@ pub(crate) struct Engine<K: Kernel> {
     next_scan: Instant,
     overflows: u64,
     /// Directories counted below each unwatched top when it became one.
-    top_sizes: HashMap<NodeId, usize>,
+    top_sizes: HashMap<EntryId, usize>,
     /// Watches the previous map still holds while an overflow rebuild runs
     /// (so the `max_watches` hook counts them).
     extra_live: HashSet<i32>,
@@ -125,7 +125,7 @@ pub(crate) struct Engine<K: Kernel> {
     root_gone: bool,
     /// Nodes relinked during a walk (`claim_moved`), to recheck for stale nodes
     /// below them once the current event is handled.
-    relinked: Vec<NodeId>,
+    relinked: Vec<EntryId>,
     /// Hints found deep inside a walk, sent with the current event's.
     deferred: Vec<Hint>,
 }
@@ -351,7 +351,7 @@ impl<K: Kernel> Engine<K> {
 
     fn renamed(
         &mut self,
-        from_parent: NodeId,
+        from_parent: EntryId,
         from_name: &OsStr,
         to: RawEvent<'_>,
         out: &mut Vec<Hint>,
@@ -403,7 +403,7 @@ impl<K: Kernel> Engine<K> {
         }
     }
 
-    fn moved_out(&mut self, parent: NodeId, name: &OsStr, is_dir: bool, out: &mut Vec<Hint>) {
+    fn moved_out(&mut self, parent: EntryId, name: &OsStr, is_dir: bool, out: &mut Vec<Hint>) {
         if !self.tree.contains(parent) {
             return;
         }
@@ -419,7 +419,7 @@ impl<K: Kernel> Engine<K> {
         out.push(Hint::Changed(rel));
     }
 
-    fn moved_in(&mut self, parent: NodeId, name: &OsStr, is_dir: bool, out: &mut Vec<Hint>) {
+    fn moved_in(&mut self, parent: EntryId, name: &OsStr, is_dir: bool, out: &mut Vec<Hint>) {
         let rel = self.tree.path(parent).join(name);
         if (self.cfg.ignore)(&rel, is_dir) {
             return;
@@ -433,7 +433,7 @@ impl<K: Kernel> Engine<K> {
 
     /// Watch first, then report: files created before the watch are covered by the
     /// rescan, files created after it by their own events.
-    fn dir_appeared(&mut self, parent: NodeId, name: &OsStr, rel: PathBuf, out: &mut Vec<Hint>) {
+    fn dir_appeared(&mut self, parent: EntryId, name: &OsStr, rel: PathBuf, out: &mut Vec<Hint>) {
         let hint = match self.watch_dir(parent, name) {
             Some(_) => Hint::Rescan(rel),
             None => Hint::Changed(rel),
@@ -450,7 +450,7 @@ impl<K: Kernel> Engine<K> {
 
     /// A watched node whose watch the kernel dropped: forget what was below and look
     /// at it again as if it had just appeared.
-    fn refresh_node(&mut self, node: NodeId, out: &mut Vec<Hint>) {
+    fn refresh_node(&mut self, node: EntryId, out: &mut Vec<Hint>) {
         let (Some(parent), Some(name)) = (self.tree.parent(node), self.tree.name(node)) else {
             return;
         };
@@ -461,7 +461,7 @@ impl<K: Kernel> Engine<K> {
     }
 
     /// Drops `node` and its subtree from the map and releases their watches.
-    fn forget(&mut self, node: NodeId) {
+    fn forget(&mut self, node: EntryId) {
         let wds = self.tree.remove_subtree(node);
         self.release(wds);
     }
@@ -545,7 +545,7 @@ impl<K: Kernel> Engine<K> {
     /// directories below it. Returns the node, watched or an unwatched top; None
     /// when the directory is gone or `parent`'s path is stale (then it is marked,
     /// and explored again once the rename that moved it is processed).
-    fn watch_dir(&mut self, parent: NodeId, name: &OsStr) -> Option<NodeId> {
+    fn watch_dir(&mut self, parent: EntryId, name: &OsStr) -> Option<EntryId> {
         let abs = self.abs(parent).join(name);
         let added = self.add_watch(&abs, false);
         if !self.is_current(parent) {
@@ -598,7 +598,7 @@ impl<K: Kernel> Engine<K> {
     /// from it may then name another directory or none. Adding a watch is the exact
     /// test (same inode, same descriptor). The root and unwatched nodes cannot be
     /// tested and count as current.
-    fn is_current(&mut self, id: NodeId) -> bool {
+    fn is_current(&mut self, id: EntryId) -> bool {
         let Some(wd) = self.tree.wd(id) else {
             return true;
         };
@@ -637,7 +637,7 @@ impl<K: Kernel> Engine<K> {
 
     /// After `moved` was relinked: stale nodes below it may lead to their
     /// directories again; explore them for what was missed and report them.
-    fn recheck_stale(&mut self, moved: NodeId, out: &mut Vec<Hint>) {
+    fn recheck_stale(&mut self, moved: EntryId, out: &mut Vec<Hint>) {
         for id in self.tree.stale_under(moved) {
             if !self.tree.contains(id) || !self.is_current(id) {
                 continue;
@@ -649,7 +649,7 @@ impl<K: Kernel> Engine<K> {
         }
     }
 
-    fn note_unwatchable(&mut self, node: NodeId, abs: &Path, err: AddError) {
+    fn note_unwatchable(&mut self, node: EntryId, abs: &Path, err: AddError) {
         match err {
             AddError::Limit => self.limit_hit = true,
             AddError::Other(e) => tracing::warn!(
@@ -668,7 +668,7 @@ impl<K: Kernel> Engine<K> {
     /// number of directories, not files. Each listed directory is checked to
     /// still be at its path afterwards; if not, what was found there is dropped
     /// and the node marked stale.
-    fn explore(&mut self, start: NodeId) {
+    fn explore(&mut self, start: EntryId) {
         let mut stack = vec![start];
         while let Some(id) = stack.pop() {
             if self.tree.wd(id).is_none() {
@@ -734,7 +734,7 @@ impl<K: Kernel> Engine<K> {
     /// false, and the caller leaves this path unwatched (rescanned periodically).
     /// If another directory now sits at the old path, it is watched and rescanned
     /// (the map had given its path to the wrong inode).
-    fn claim_moved(&mut self, other: NodeId, wd: i32, parent: NodeId, name: &OsStr) -> bool {
+    fn claim_moved(&mut self, other: EntryId, wd: i32, parent: EntryId, name: &OsStr) -> bool {
         if other == ROOT || self.tree.is_ancestor_or_self(other, parent) {
             return false;
         }
@@ -787,7 +787,7 @@ impl<K: Kernel> Engine<K> {
 
     /// Directories in the subtree of an unwatched node (itself included), counted
     /// by listing, up to [`COUNT_CAP`].
-    fn count_dirs(&mut self, node: NodeId) -> usize {
+    fn count_dirs(&mut self, node: EntryId) -> usize {
         let mut count = 0;
         let mut stack = vec![self.tree.path(node)];
         while let Some(rel) = stack.pop() {
@@ -811,7 +811,7 @@ impl<K: Kernel> Engine<K> {
     /// Every scan interval: try to watch each unwatched top again (watches may have
     /// been freed) and report each as `Rescan`, watched now or not.
     fn retry_unwatched(&mut self, out: &mut Vec<Hint>) {
-        let mut tops: Vec<(PathBuf, NodeId)> = self
+        let mut tops: Vec<(PathBuf, EntryId)> = self
             .tree
             .unwatched()
             .map(|id| (self.tree.path(id), id))
@@ -878,7 +878,7 @@ impl<K: Kernel> Engine<K> {
         }
     }
 
-    fn abs(&self, node: NodeId) -> PathBuf {
+    fn abs(&self, node: EntryId) -> PathBuf {
         self.cfg.root.join(self.tree.path(node))
     }
 

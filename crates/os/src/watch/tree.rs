@@ -7,31 +7,32 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::PathBuf;
 
-/// Index of a node; stable while the node lives.
-pub(crate) type NodeId = u32;
+/// Index of an entry (a watched directory or file) in the tree; stable while
+/// the entry lives.
+pub(crate) type EntryId = u32;
 
 /// The root always has this id.
-pub(crate) const ROOT: NodeId = 0;
+pub(crate) const ROOT: EntryId = 0;
 
 #[derive(Debug)]
 struct Node {
-    parent: Option<NodeId>,
+    parent: Option<EntryId>,
     name: Box<OsStr>,
     /// None: this directory is not watched (watch limit, error or duplicate inode);
     /// its subtree is not explored and is reported for periodic rescans instead.
     wd: Option<i32>,
-    children: HashMap<Box<OsStr>, NodeId>,
+    children: HashMap<Box<OsStr>, EntryId>,
 }
 
 #[derive(Debug)]
 pub(crate) struct DirTree {
     nodes: Vec<Option<Node>>,
-    free: Vec<NodeId>,
-    by_wd: HashMap<i32, NodeId>,
-    unwatched: HashSet<NodeId>,
+    free: Vec<EntryId>,
+    by_wd: HashMap<i32, EntryId>,
+    unwatched: HashSet<EntryId>,
     /// Nodes whose path was found not to lead to their directory any more (a
     /// rename not yet processed): their new children wait for the relink.
-    stale: HashSet<NodeId>,
+    stale: HashSet<EntryId>,
 }
 
 impl DirTree {
@@ -54,31 +55,31 @@ impl DirTree {
         }
     }
 
-    fn node(&self, id: NodeId) -> Option<&Node> {
+    fn node(&self, id: EntryId) -> Option<&Node> {
         self.nodes.get(id as usize).and_then(Option::as_ref)
     }
 
-    fn node_mut(&mut self, id: NodeId) -> Option<&mut Node> {
+    fn node_mut(&mut self, id: EntryId) -> Option<&mut Node> {
         self.nodes.get_mut(id as usize).and_then(Option::as_mut)
     }
 
-    pub(crate) fn contains(&self, id: NodeId) -> bool {
+    pub(crate) fn contains(&self, id: EntryId) -> bool {
         self.node(id).is_some()
     }
 
-    pub(crate) fn by_wd(&self, wd: i32) -> Option<NodeId> {
+    pub(crate) fn by_wd(&self, wd: i32) -> Option<EntryId> {
         self.by_wd.get(&wd).copied()
     }
 
-    pub(crate) fn wd(&self, id: NodeId) -> Option<i32> {
+    pub(crate) fn wd(&self, id: EntryId) -> Option<i32> {
         self.node(id).and_then(|n| n.wd)
     }
 
-    pub(crate) fn parent(&self, id: NodeId) -> Option<NodeId> {
+    pub(crate) fn parent(&self, id: EntryId) -> Option<EntryId> {
         self.node(id).and_then(|n| n.parent)
     }
 
-    pub(crate) fn name(&self, id: NodeId) -> Option<&OsStr> {
+    pub(crate) fn name(&self, id: EntryId) -> Option<&OsStr> {
         self.node(id).map(|n| &*n.name)
     }
 
@@ -87,7 +88,7 @@ impl DirTree {
         self.by_wd.keys().copied()
     }
 
-    pub(crate) fn child(&self, parent: NodeId, name: &OsStr) -> Option<NodeId> {
+    pub(crate) fn child(&self, parent: EntryId, name: &OsStr) -> Option<EntryId> {
         self.node(parent)
             .and_then(|n| n.children.get(name).copied())
     }
@@ -96,7 +97,7 @@ impl DirTree {
         self.by_wd.len()
     }
 
-    pub(crate) fn unwatched(&self) -> impl Iterator<Item = NodeId> + '_ {
+    pub(crate) fn unwatched(&self) -> impl Iterator<Item = EntryId> + '_ {
         self.unwatched.iter().copied()
     }
 
@@ -104,18 +105,18 @@ impl DirTree {
         self.unwatched.len()
     }
 
-    pub(crate) fn mark_stale(&mut self, id: NodeId) {
+    pub(crate) fn mark_stale(&mut self, id: EntryId) {
         if self.contains(id) {
             self.stale.insert(id);
         }
     }
 
-    pub(crate) fn clear_stale(&mut self, id: NodeId) {
+    pub(crate) fn clear_stale(&mut self, id: EntryId) {
         self.stale.remove(&id);
     }
 
     /// Stale nodes at or below `id`.
-    pub(crate) fn stale_under(&self, id: NodeId) -> Vec<NodeId> {
+    pub(crate) fn stale_under(&self, id: EntryId) -> Vec<EntryId> {
         self.stale
             .iter()
             .copied()
@@ -124,7 +125,7 @@ impl DirTree {
     }
 
     /// Path relative to the root ("" for the root).
-    pub(crate) fn path(&self, id: NodeId) -> PathBuf {
+    pub(crate) fn path(&self, id: EntryId) -> PathBuf {
         let mut names: Vec<&OsStr> = Vec::new();
         let mut cur = id;
         while let Some(node) = self.node(cur) {
@@ -144,7 +145,7 @@ impl DirTree {
     }
 
     /// Whether `ancestor` is `id` or above it.
-    pub(crate) fn is_ancestor_or_self(&self, ancestor: NodeId, id: NodeId) -> bool {
+    pub(crate) fn is_ancestor_or_self(&self, ancestor: EntryId, id: EntryId) -> bool {
         let mut cur = Some(id);
         while let Some(c) = cur {
             if c == ancestor {
@@ -156,7 +157,7 @@ impl DirTree {
     }
 
     /// Adds `name` below `parent` (which must exist and have no such child).
-    pub(crate) fn insert(&mut self, parent: NodeId, name: &OsStr, wd: Option<i32>) -> NodeId {
+    pub(crate) fn insert(&mut self, parent: EntryId, name: &OsStr, wd: Option<i32>) -> EntryId {
         let node = Node {
             parent: Some(parent),
             name: name.into(),
@@ -170,7 +171,7 @@ impl DirTree {
             }
             None => {
                 self.nodes.push(Some(node));
-                (self.nodes.len() - 1) as NodeId
+                (self.nodes.len() - 1) as EntryId
             }
         };
         if let Some(p) = self.node_mut(parent) {
@@ -180,7 +181,7 @@ impl DirTree {
         id
     }
 
-    fn index(&mut self, id: NodeId, wd: Option<i32>) {
+    fn index(&mut self, id: EntryId, wd: Option<i32>) {
         match wd {
             Some(wd) => {
                 self.by_wd.insert(wd, id);
@@ -193,7 +194,7 @@ impl DirTree {
     }
 
     /// Gives an unwatched node its watch (or takes a node's watch away).
-    pub(crate) fn set_wd(&mut self, id: NodeId, wd: Option<i32>) {
+    pub(crate) fn set_wd(&mut self, id: EntryId, wd: Option<i32>) {
         let Some(node) = self.node_mut(id) else {
             return;
         };
@@ -209,7 +210,7 @@ impl DirTree {
     /// Removes `id` and everything below it; returns the watch descriptors that
     /// were held there (for the caller to release in the kernel).
     /// The root is never removed, only emptied.
-    pub(crate) fn remove_subtree(&mut self, id: NodeId) -> Vec<i32> {
+    pub(crate) fn remove_subtree(&mut self, id: EntryId) -> Vec<i32> {
         let mut wds = Vec::new();
         if !self.contains(id) {
             return wds;
@@ -265,8 +266,8 @@ impl DirTree {
     /// Refuses (returns None) to move a node below itself or to move the root.
     pub(crate) fn relink(
         &mut self,
-        id: NodeId,
-        new_parent: NodeId,
+        id: EntryId,
+        new_parent: EntryId,
         name: &OsStr,
     ) -> Option<Vec<i32>> {
         if id == ROOT || self.is_ancestor_or_self(id, new_parent) || !self.contains(new_parent) {
@@ -301,7 +302,7 @@ impl DirTree {
 impl DirTree {
     /// Every node as (path, watch descriptor), for checks against a model.
     pub(crate) fn snapshot(&self) -> Vec<(PathBuf, Option<i32>)> {
-        (0..self.nodes.len() as NodeId)
+        (0..self.nodes.len() as EntryId)
             .filter(|&id| self.contains(id))
             .map(|id| (self.path(id), self.wd(id)))
             .collect()
