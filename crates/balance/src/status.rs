@@ -6,10 +6,18 @@ use crate::engine::health::{Health, Transition};
 use crate::frontend::Frontend;
 use crate::pool::{Admin, Server};
 use crate::stats::Traffic;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use uphold_config::balance::{Algorithm, BalanceMode};
+
+/// Label pairs of one sample, in order.
+type Labels = Vec<(String, String)>;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BalanceStatus {
@@ -259,131 +267,97 @@ impl BalanceStatus {
         out
     }
 
-    /// Prometheus text (without the `# EOF` line).
-    pub fn metrics(&self) -> String {
-        let mut out = String::new();
-        let families: [(&str, &str, &str); 12] = [
-            (
-                "uphold_balance_connections",
-                "counter",
-                "Client connections accepted (frontend) or server connections opened (server).",
-            ),
-            (
-                "uphold_balance_active",
-                "gauge",
-                "Connections (tcp) or requests (http) in progress.",
-            ),
-            ("uphold_balance_requests", "counter", "HTTP requests."),
-            (
-                "uphold_balance_bytes_in",
-                "counter",
-                "Bytes from clients towards servers.",
-            ),
-            (
-                "uphold_balance_bytes_out",
-                "counter",
-                "Bytes from servers towards clients.",
-            ),
-            (
-                "uphold_balance_responses",
-                "counter",
-                "HTTP responses by status class.",
-            ),
-            (
-                "uphold_balance_connect_errors",
-                "counter",
-                "Failed connects to servers.",
-            ),
-            (
-                "uphold_balance_server_errors",
-                "counter",
-                "Servers that failed or timed out during a request.",
-            ),
-            (
-                "uphold_balance_retries",
-                "counter",
-                "Requests or connections sent again to another server or connection.",
-            ),
-            (
-                "uphold_balance_refused",
-                "counter",
-                "Clients refused for lack of a server (503 in http).",
-            ),
-            (
-                "uphold_balance_server_up",
-                "gauge",
-                "1 when the server's health is up.",
-            ),
-            (
-                "uphold_balance_server_admin",
-                "gauge",
-                "Operator state: 0 enabled, 1 drain, 2 disabled.",
-            ),
-        ];
-        for (name, kind, help) in families {
-            let _ = writeln!(out, "# TYPE {name} {kind}\n# HELP {name} {help}");
-            for f in &self.frontends {
-                let fl = format!("frontend=\"{}\"", f.name);
-                let mut rows: Vec<(String, f64)> = Vec::new();
-                let mut add = |labels: &str, t: &TrafficStatus| match name {
-                    "uphold_balance_connections" => {
-                        rows.push((labels.into(), t.connections as f64))
-                    }
-                    "uphold_balance_active" => rows.push((labels.into(), t.active as f64)),
-                    "uphold_balance_requests" => rows.push((labels.into(), t.requests as f64)),
-                    "uphold_balance_bytes_in" => rows.push((labels.into(), t.bytes_in as f64)),
-                    "uphold_balance_bytes_out" => rows.push((labels.into(), t.bytes_out as f64)),
-                    "uphold_balance_responses" => {
-                        for (class, n) in [
-                            ("2xx", t.responses_2xx),
-                            ("3xx", t.responses_3xx),
-                            ("4xx", t.responses_4xx),
-                            ("5xx", t.responses_5xx),
-                        ] {
-                            rows.push((format!("{labels},class=\"{class}\""), n as f64));
-                        }
-                    }
-                    "uphold_balance_connect_errors" => {
-                        rows.push((labels.into(), t.connect_errors as f64))
-                    }
-                    "uphold_balance_server_errors" => {
-                        rows.push((labels.into(), t.server_errors as f64))
-                    }
-                    "uphold_balance_retries" => rows.push((labels.into(), t.retries as f64)),
-                    _ => {}
+    /// Registers the same figures in `registry` (names `balance_*` below the
+    /// daemon's `uphold` prefix; counters get their `_total`).
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("balance");
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<Labels, Counter<f64, AtomicU64>>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let connections = counter(
+            registry,
+            "connections",
+            "Client connections accepted (frontend) or server connections opened (server)",
+        );
+        let active = gauge(
+            registry,
+            "active",
+            "Connections (tcp) or requests (http) in progress",
+        );
+        let requests = counter(registry, "requests", "HTTP requests");
+        let bytes_in = counter(registry, "bytes_in", "Bytes from clients towards servers");
+        let bytes_out = counter(registry, "bytes_out", "Bytes from servers towards clients");
+        let responses = counter(registry, "responses", "HTTP responses by status class");
+        let connect_errors = counter(registry, "connect_errors", "Failed connects to servers");
+        let server_errors = counter(
+            registry,
+            "server_errors",
+            "Servers that failed or timed out during a request",
+        );
+        let retries = counter(
+            registry,
+            "retries",
+            "Requests or connections sent again to another server or connection",
+        );
+        let refused = counter(
+            registry,
+            "refused",
+            "Clients refused for lack of a server (503 in http)",
+        );
+        let server_up = gauge(registry, "server_up", "1 when the server's health is up");
+        let server_admin = gauge(
+            registry,
+            "server_admin",
+            "Operator state: 0 enabled, 1 drain, 2 disabled",
+        );
+        let traffic = |labels: &Labels, t: &TrafficStatus| {
+            let count = |family: &Family<Labels, Counter<f64, AtomicU64>>, n: u64| {
+                family.get_or_create(labels).inc_by(n as f64);
+            };
+            count(&connections, t.connections);
+            active.get_or_create(labels).set(t.active as f64);
+            count(&requests, t.requests);
+            count(&bytes_in, t.bytes_in);
+            count(&bytes_out, t.bytes_out);
+            count(&connect_errors, t.connect_errors);
+            count(&server_errors, t.server_errors);
+            count(&retries, t.retries);
+            for (class, n) in [
+                ("2xx", t.responses_2xx),
+                ("3xx", t.responses_3xx),
+                ("4xx", t.responses_4xx),
+                ("5xx", t.responses_5xx),
+            ] {
+                let mut labels = labels.clone();
+                labels.push(("class".into(), class.into()));
+                responses.get_or_create(&labels).inc_by(n as f64);
+            }
+        };
+        for f in &self.frontends {
+            let frontend: Labels = vec![("frontend".into(), f.name.clone())];
+            traffic(&frontend, &f.traffic);
+            refused.get_or_create(&frontend).inc_by(f.no_server as f64);
+            for s in &f.servers {
+                let mut server = frontend.clone();
+                server.push(("server".into(), s.name.clone()));
+                traffic(&server, &s.traffic);
+                server_up
+                    .get_or_create(&server)
+                    .set(f64::from(u8::from(s.health == "up" && !s.fenced)));
+                let admin = match s.admin.as_str() {
+                    "drain" => 1.0,
+                    "disabled" => 2.0,
+                    _ => 0.0,
                 };
-                add(&fl, &f.traffic);
-                for s in &f.servers {
-                    add(&format!("{fl},server=\"{}\"", s.name), &s.traffic);
-                }
-                match name {
-                    "uphold_balance_refused" => rows.push((fl.clone(), f.no_server as f64)),
-                    "uphold_balance_server_up" => {
-                        for s in &f.servers {
-                            rows.push((
-                                format!("{fl},server=\"{}\"", s.name),
-                                f64::from(u8::from(s.health == "up" && !s.fenced)),
-                            ));
-                        }
-                    }
-                    "uphold_balance_server_admin" => {
-                        for s in &f.servers {
-                            let v = match s.admin.as_str() {
-                                "drain" => 1.0,
-                                "disabled" => 2.0,
-                                _ => 0.0,
-                            };
-                            rows.push((format!("{fl},server=\"{}\"", s.name), v));
-                        }
-                    }
-                    _ => {}
-                }
-                for (labels, v) in rows {
-                    let suffix = if kind == "counter" { "_total" } else { "" };
-                    let _ = writeln!(out, "{name}{suffix}{{{labels}}} {v}");
-                }
+                server_admin.get_or_create(&server).set(admin);
             }
         }
-        out
     }
 }

@@ -2,7 +2,6 @@
 //! watcher, per target the lag (age of the oldest change not yet there), the queue, what
 //! was sent and the last error; and what this member received. Plain serde data.
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -124,8 +123,9 @@ impl SyncStatus {
         out
     }
 
-    /// Prometheus text exposition of the same figures.
-    pub fn metrics(&self) -> String {
+    /// Registers the same figures in `registry` (names `sync_*` below the
+    /// daemon's `uphold` prefix).
+    pub fn register_metrics(&self, registry: &mut Registry) {
         #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
         struct TargetLabels {
             set: String,
@@ -135,38 +135,30 @@ impl SyncStatus {
         struct SetLabels {
             set: String,
         }
-        let mut registry = Registry::with_prefix("uphold_sync");
+        let registry = registry.sub_registry_with_prefix("sync");
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
             let family = Family::<TargetLabels, Gauge>::default();
             registry.register(name, help, family.clone());
             family
         };
         let lag = gauge(
-            &mut registry,
+            registry,
             "lag_milliseconds",
             "Age of the oldest change not yet on the target",
         );
-        let queued = gauge(
-            &mut registry,
-            "queued_paths",
-            "Places waiting to be compared",
-        );
+        let queued = gauge(registry, "queued_paths", "Places waiting to be compared");
         let up = gauge(
-            &mut registry,
+            registry,
             "target_up",
             "1 when the target is reachable and not halted",
         );
-        let files = gauge(&mut registry, "files_sent", "Files sent since start");
+        let files = gauge(registry, "files_sent", "Files sent since start");
         let bytes = gauge(
-            &mut registry,
+            registry,
             "wire_bytes_sent",
             "Message bytes sent since start",
         );
-        let errors = gauge(
-            &mut registry,
-            "errors",
-            "Operations that failed since start",
-        );
+        let errors = gauge(registry, "errors", "Operations that failed since start");
         let sender = Family::<SetLabels, Gauge>::default();
         registry.register(
             "is_sender",
@@ -203,12 +195,6 @@ impl SyncStatus {
                 errors.get_or_create(&l).set(t.errors as i64);
             }
         }
-        let mut out = String::new();
-        if encode(&mut out, &registry).is_err() {
-            return String::new();
-        }
-        // The caller concatenates several roles' text; one EOF marker is added there.
-        out.replace("# EOF\n", "")
     }
 }
 

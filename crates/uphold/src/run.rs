@@ -177,11 +177,11 @@ async fn balance_only(
     });
     let metrics_balance = balance.clone();
     let metrics_fn: uphold_web::MetricsFn = Arc::new(move || {
-        let body = metrics_balance
-            .as_ref()
-            .map(|b| b.status().metrics())
-            .unwrap_or_default();
-        format!("{body}# EOF\n")
+        let mut registry = metrics_registry();
+        if let Some(balance) = &metrics_balance {
+            balance.status().register_metrics(&mut registry);
+        }
+        encode_metrics(&registry)
     });
     let actions = balance_actions(balance.clone());
     let api = spawn_api(
@@ -373,22 +373,21 @@ async fn members_daemon(
     let metrics_balance = balance.clone();
     let metrics_sync = sync.as_ref().map(|(_, s)| s.clone());
     let metrics_fn: uphold_web::MetricsFn = Arc::new(move || {
-        let mut text = runtime::metrics::render(&metrics_cell);
+        let mut registry = metrics_registry();
+        runtime::metrics::register(&metrics_cell, &mut registry);
         if let Some(sync) = &metrics_sync {
             if let Some(status) = sync
                 .lock()
                 .ok()
                 .and_then(|s| s.as_ref().map(|s| s.status()))
             {
-                let body = text.strip_suffix("# EOF\n").unwrap_or(&text).to_string();
-                text = format!("{body}{}# EOF\n", status.metrics());
+                status.register_metrics(&mut registry);
             }
         }
         if let Some(balance) = &metrics_balance {
-            let body = text.strip_suffix("# EOF\n").unwrap_or(&text).to_string();
-            text = format!("{body}{}# EOF\n", balance.status().metrics());
+            balance.status().register_metrics(&mut registry);
         }
-        text
+        encode_metrics(&registry)
     });
     let actions = balance_actions(balance.clone());
     let api = spawn_api(me.api, status_fn, metrics_fn, actions, shutdown_rx.clone());
@@ -476,6 +475,21 @@ async fn members_daemon(
     }
     api.abort();
     result
+}
+
+/// The one registry every role's figures go in for a scrape, under `uphold_`.
+fn metrics_registry() -> prometheus_client::registry::Registry {
+    prometheus_client::registry::Registry::with_prefix("uphold")
+}
+
+/// The registry as Prometheus text (OpenMetrics, ending in `# EOF`).
+fn encode_metrics(registry: &prometheus_client::registry::Registry) -> String {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, registry) {
+        warn!("cannot encode the metrics: {e}");
+        return "# EOF\n".into();
+    }
+    text
 }
 
 /// Whether `group` runs here now (starting or running), as the cluster runtime

@@ -1,16 +1,16 @@
-//! Prometheus metrics of the cluster role, rendered from the same status picture
-//! `uphold status` shows, so the two can never disagree.
+//! Prometheus metrics of the cluster role, registered from the same status
+//! picture `uphold status` shows, so the two can never disagree.
 
 use super::StatusCell;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
-pub fn render(cell: &StatusCell) -> String {
-    let mut registry = Registry::with_prefix("uphold");
+/// Registers the cluster's figures (`cluster_*`) in `registry`, the one every
+/// role of the daemon registers in (prefix `uphold`).
+pub fn register(cell: &StatusCell, registry: &mut Registry) {
     let quorum = Gauge::<i64>::default();
     let leader = Gauge::<i64>::default();
     let term = Gauge::<i64>::default();
@@ -97,9 +97,4 @@ pub fn render(cell: &StatusCell) -> String {
             }
         }
     }
-    let mut out = String::new();
-    if encode(&mut out, &registry).is_err() {
-        out.clear();
-    }
-    out
 }
