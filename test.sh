@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, the seeded cluster simulation (2000 seeds by
+# The whole test suite: unit tests, the seeded cluster simulation (10000 seeds by
 # default; UPHOLD_SIM_SEEDS changes it) and the end-to-end suites (real daemons
 # in network namespaces; those need root and are skipped with a message
 # otherwise, or fail when CI=true). Ends with one line totalling every test.
 set -euo pipefail
 cd "$(dirname "$0")"
-export UPHOLD_SIM_SEEDS="${UPHOLD_SIM_SEEDS:-2000}"
+export UPHOLD_SIM_SEEDS="${UPHOLD_SIM_SEEDS:-10000}"
 # The end-to-end suites run the binaries of several crates.
 cargo build --workspace --bins
 log=$(mktemp)

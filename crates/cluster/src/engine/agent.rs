@@ -73,8 +73,22 @@ struct LocalGroup {
     /// Voters that refused the claim: their log has the group at a later epoch.
     refused_by: BTreeSet<NodeId>,
     gate: Gate,
+    /// While starting: the resources already up, in start order, and how many
+    /// the group had when its start began.
+    start: StartProgress,
     /// Failed checks in a row, by resource; a success clears its entry.
     monitor_failures: BTreeMap<usize, u32>,
+}
+
+/// A start goes one resource at a time, each asked for only while the claim
+/// still holds past the stop margin: a start resumed after a pause or a slow
+/// resource adds nothing once the lease runs low.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct StartProgress {
+    up: usize,
+    total: usize,
+    /// A resource's start was asked for and has not been answered.
+    in_flight: bool,
 }
 
 impl LocalGroup {
@@ -115,9 +129,12 @@ pub enum AgentEvent {
         /// None: no answer (lost, timed out, no leader).
         result: Option<ApplyResult>,
     },
-    GroupStarted {
+    /// Resource `resource` (its place in the group) of a group starting here
+    /// is up, or failed to start.
+    ResourceStarted {
         group: GroupName,
         epoch: u64,
+        resource: usize,
         result: Result<(), String>,
     },
     GroupStopped {
@@ -153,7 +170,15 @@ pub enum AgentAction {
     Renew(Renewal),
     /// Send to every voter, this member's included.
     QueryGate(GateQuery),
-    StartGroup {
+    /// Start resource `resource` (its place in the group) of a group starting
+    /// here; the ones before it are up.
+    StartResource {
+        group: GroupName,
+        epoch: u64,
+        resource: usize,
+    },
+    /// Every resource is up: check them from now on.
+    StartMonitors {
         group: GroupName,
         epoch: u64,
     },
@@ -313,19 +338,27 @@ impl Agent {
                     _ => {}
                 }
             }
-            AgentEvent::GroupStarted {
+            AgentEvent::ResourceStarted {
                 group,
                 epoch,
+                resource,
                 result,
             } => {
-                if let Some(local) = self.groups.get_mut(&group) {
-                    if local.epoch == epoch && local.phase == GroupPhase::Starting {
-                        match result {
-                            Ok(()) => local.phase = GroupPhase::Running,
-                            Err(reason) => actions.push(
-                                local.stop_to_hand_over(&group, ReleaseReason::StartFailed(reason)),
-                            ),
-                        }
+                let starting = self.groups.get_mut(&group).filter(|local| {
+                    local.epoch == epoch
+                        && local.phase == GroupPhase::Starting
+                        && local.start.in_flight
+                        && local.start.up == resource
+                });
+                if let Some(local) = starting {
+                    local.start.in_flight = false;
+                    match result {
+                        // The next resource, if any, is asked for by `step`
+                        // once it has checked the claim.
+                        Ok(()) => local.start.up += 1,
+                        Err(reason) => actions.push(
+                            local.stop_to_hand_over(&group, ReleaseReason::StartFailed(reason)),
+                        ),
                     }
                 }
             }
@@ -377,12 +410,15 @@ impl Agent {
                     });
                     // Nothing of it runs here any more, and this run never starts
                     // it again at this epoch: the next owner need not wait out
-                    // our claim.
+                    // our claim. That is why a claim once withdrawn is given up
+                    // for good: the voters forget what they granted on it, so
+                    // running on those grants again could overlap the next
+                    // owner. A group stopped because its lease ran out goes back
+                    // to the leader, which may place it here again at a new epoch.
                     self.withdraw(&group, epoch, now, topo);
-                    if let Some(reason) = then_release {
-                        self.given_up.insert(group.clone(), (epoch, reason.clone()));
-                        self.propose_release(&group, epoch, reason, now, &mut actions);
-                    }
+                    let reason = then_release.unwrap_or(ReleaseReason::LeaseLost);
+                    self.given_up.insert(group.clone(), (epoch, reason.clone()));
+                    self.propose_release(&group, epoch, reason, now, &mut actions);
                 }
             }
             AgentEvent::GroupStopFailed {
@@ -539,6 +575,7 @@ impl Agent {
             self.stop_or_extend(now, topo, actions);
             self.take_assigned(now, topo, actions);
             self.open_gates(now, topo, actions);
+            self.start_next_resources(now, topo, actions);
         }
         // Every member renews, witnesses included: their acknowledgements carry
         // what they hear of the others, which the leader needs.
@@ -698,6 +735,7 @@ impl Agent {
                             applied_index: self.applied_index,
                             ..Gate::default()
                         },
+                        start: StartProgress::default(),
                         monitor_failures: BTreeMap::new(),
                     },
                 );
@@ -729,16 +767,47 @@ impl Agent {
                 continue;
             }
             local.phase = GroupPhase::Starting;
+            local.start = StartProgress {
+                up: 0,
+                total: topo.group(name).map_or(0, |spec| spec.resources.len()),
+                in_flight: false,
+            };
             local.guard_until = Self::guard_deadline(local.claim_until, topo);
             // The guard learns the deadline before anything is started.
             actions.push(AgentAction::GuardHold {
                 group: name.clone(),
                 until: local.guard_until,
             });
-            actions.push(AgentAction::StartGroup {
-                group: name.clone(),
-                epoch: local.epoch,
-            });
+        }
+    }
+
+    /// Starting groups: ask for the next resource while the claim holds past
+    /// the stop margin; once all are up the group runs. Runs after
+    /// `stop_or_extend`, so a group whose lease runs low is already stopping.
+    fn start_next_resources(
+        &mut self,
+        now: Millis,
+        topo: &Topology,
+        actions: &mut Vec<AgentAction>,
+    ) {
+        for (name, local) in self.groups.iter_mut() {
+            if local.phase != GroupPhase::Starting || local.start.in_flight {
+                continue;
+            }
+            if local.start.up >= local.start.total {
+                local.phase = GroupPhase::Running;
+                actions.push(AgentAction::StartMonitors {
+                    group: name.clone(),
+                    epoch: local.epoch,
+                });
+            } else if Self::claim_ok(local.claim_until, now, topo) && now < local.guard_until {
+                local.start.in_flight = true;
+                actions.push(AgentAction::StartResource {
+                    group: name.clone(),
+                    epoch: local.epoch,
+                    resource: local.start.up,
+                });
+            }
         }
     }
 

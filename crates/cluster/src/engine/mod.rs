@@ -21,7 +21,7 @@ pub use placement::{Placement, PlacementAction};
 pub use state::{
     ApplyResult, ClusterState, Command, GroupState, ReleaseReason, RenewalId, Transition,
 };
-pub use topology::{GroupSpec, Topology};
+pub use topology::{GroupSpec, ResourceRule, Topology};
 
 #[cfg(test)]
 mod tests;

@@ -45,9 +45,11 @@ pub enum Event {
         query: GateQuery,
         answer: GateAnswer,
     },
-    GroupStarted {
+    /// A resource asked for by `Action::StartResource` is up, or failed.
+    ResourceStarted {
         group: GroupName,
         epoch: u64,
+        resource: usize,
         result: Result<(), String>,
     },
     GroupStopped {
@@ -86,8 +88,17 @@ pub enum Action {
     SendRenewal(Renewal),
     /// Send the query to every other voter; answer with `Event::GateAnswered`.
     SendGateQuery(GateQuery),
-    /// Start the group's resources in order; answer with `Event::GroupStarted`.
-    StartGroup {
+    /// Start one resource of the group (its place in the group; the ones before
+    /// it are up); answer with `Event::ResourceStarted`. The engine asks for
+    /// each only while this node's claim holds.
+    StartResource {
+        group: GroupName,
+        epoch: u64,
+        resource: usize,
+    },
+    /// Every resource of the group is up: check each at its interval and
+    /// report with `Event::MonitorChecked`.
+    StartMonitors {
         group: GroupName,
         epoch: u64,
     },
@@ -294,13 +305,15 @@ impl NodeEngine {
                 query,
                 answer,
             },
-            Event::GroupStarted {
+            Event::ResourceStarted {
                 group,
                 epoch,
+                resource,
                 result,
-            } => AgentEvent::GroupStarted {
+            } => AgentEvent::ResourceStarted {
                 group,
                 epoch,
+                resource,
                 result,
             },
             Event::GroupStopped { group, epoch } => AgentEvent::GroupStopped { group, epoch },
@@ -349,8 +362,17 @@ impl NodeEngine {
                         });
                         out.push(Action::SendGateQuery(query));
                     }
-                    AgentAction::StartGroup { group, epoch } => {
-                        out.push(Action::StartGroup { group, epoch })
+                    AgentAction::StartResource {
+                        group,
+                        epoch,
+                        resource,
+                    } => out.push(Action::StartResource {
+                        group,
+                        epoch,
+                        resource,
+                    }),
+                    AgentAction::StartMonitors { group, epoch } => {
+                        out.push(Action::StartMonitors { group, epoch })
                     }
                     AgentAction::StopGroup { group, epoch, kind } => {
                         out.push(Action::StopGroup { group, epoch, kind })

@@ -33,6 +33,10 @@ pub enum ReleaseReason {
     /// A quorum refused to renew the owner's claim on the group: the log has moved
     /// (or is moving) it elsewhere, so the owner stopped it.
     Fenced,
+    /// The owner's lease ran out (it was cut off, paused or starved, or its guard
+    /// acted) and it stopped the group. Not a failure of the node: it may be
+    /// placed there again, at a new epoch.
+    LeaseLost,
 }
 
 impl std::fmt::Display for ReleaseReason {
@@ -44,6 +48,7 @@ impl std::fmt::Display for ReleaseReason {
             ReleaseReason::MonitorFailed(why) => write!(f, "monitor failed: {why}"),
             ReleaseReason::StartFailed(why) => write!(f, "start failed: {why}"),
             ReleaseReason::Fenced => f.write_str("lease refused by a quorum"),
+            ReleaseReason::LeaseLost => f.write_str("the owner's lease ran out"),
         }
     }
 }

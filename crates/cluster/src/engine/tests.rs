@@ -25,7 +25,12 @@ fn topo(failback: bool) -> Topology {
             name: web(),
             nodes: vec![A, B, C],
             failback,
-            monitor_failures_allowed: vec![1, 3],
+            resources: vec![
+                ResourceRule::STRICT,
+                ResourceRule {
+                    failures_before_move: 3,
+                },
+            ],
         }],
         800,
         200,
@@ -133,16 +138,26 @@ fn started_at_760() -> Vec<AgentAction> {
             group: web(),
             until: 760,
         },
-        AgentAction::StartGroup {
+        AgentAction::StartResource {
             group: web(),
             epoch: 1,
+            resource: 0,
         },
     ]
 }
 
-/// Agent A, joined, owning `web` at epoch 1, running since t=13 with a claim
-/// granted until 810 (renewal 2 sent at 10).
-fn running_agent(topo: &Topology) -> Agent {
+fn resource_started(resource: usize, result: Result<(), String>) -> AgentEvent {
+    AgentEvent::ResourceStarted {
+        group: web(),
+        epoch: 1,
+        resource,
+        result,
+    }
+}
+
+/// Agent A, joined, owning `web` at epoch 1, its first resource asked for at
+/// t=13 with a claim granted until 810 (renewal 2 sent at 10).
+fn starting_agent(topo: &Topology) -> Agent {
     let mut agent = Agent::new(A, INC);
     agent.on_event(AgentEvent::GuardReady, 0, topo);
     agent.on_event(
@@ -156,15 +171,28 @@ fn running_agent(topo: &Topology) -> Agent {
     open_gate(&mut agent, topo, &[A, B], 12);
     let granted = grant(&mut agent, topo, 2, &[A, B], 13);
     assert_eq!(granted, vec![vec![], started_at_760()]);
-    agent.on_event(
-        AgentEvent::GroupStarted {
+    agent
+}
+
+/// As `starting_agent`, with both resources up by t=60.
+fn running_agent(topo: &Topology) -> Agent {
+    let mut agent = starting_agent(topo);
+    assert_eq!(
+        agent.on_event(resource_started(0, Ok(())), 40, topo),
+        vec![AgentAction::StartResource {
             group: web(),
             epoch: 1,
-            result: Ok(()),
-        },
-        60,
-        topo,
+            resource: 1,
+        }]
     );
+    assert_eq!(
+        agent.on_event(resource_started(1, Ok(())), 60, topo),
+        vec![AgentAction::StartMonitors {
+            group: web(),
+            epoch: 1,
+        }]
+    );
+    assert_eq!(agent.phase(&web()), Some(&GroupPhase::Running));
     agent
 }
 
@@ -305,9 +333,10 @@ fn agent_starts_nothing_while_an_earlier_runs_guard_is_undoing() {
                 group: web(),
                 until: 760
             },
-            AgentAction::StartGroup {
+            AgentAction::StartResource {
                 group: web(),
-                epoch: 1
+                epoch: 1,
+                resource: 0,
             },
             renewal_of_a(3, vec![claim(1)], vec![]),
         ]
@@ -472,6 +501,115 @@ fn only_failures_in_a_row_up_to_the_resources_allowance_move_the_group() {
             renewal_of_a(3, vec![], vec![claim(1)]),
         ]
     );
+}
+
+#[test]
+fn a_start_resumed_after_the_claim_ran_low_adds_nothing_more_and_stops() {
+    let topo = topo(false);
+    let mut agent = starting_agent(&topo);
+    // The first resource took until 720: the claim (810) is within the stop
+    // margin (100), so the second is not asked for and the group stops.
+    assert_eq!(
+        agent.on_event(resource_started(0, Ok(())), 720, &topo),
+        vec![
+            AgentAction::StopGroup {
+                group: web(),
+                epoch: 1,
+                kind: StopKind::Emergency
+            },
+            renewal_of_a(3, vec![claim(1)], vec![]),
+        ]
+    );
+    assert!(matches!(
+        agent.phase(&web()),
+        Some(GroupPhase::Stopping {
+            kind: StopKind::Emergency,
+            then_release: None
+        })
+    ));
+    // Stopped: the claim is withdrawn, so the voters forget their grants on
+    // it, and this run never claims epoch 1 again (seed 19614 of the sweep ran
+    // the group again on grants sent before the withdrawal, beside the next
+    // owner). It goes back to the leader instead.
+    assert_eq!(
+        agent.on_event(
+            AgentEvent::GroupStopped {
+                group: web(),
+                epoch: 1,
+            },
+            730,
+            &topo,
+        ),
+        vec![
+            AgentAction::GuardRelease { group: web() },
+            AgentAction::Propose(Command::Release {
+                group: web(),
+                node: A,
+                epoch: 1,
+                incarnation: INC,
+                reason: ReleaseReason::LeaseLost,
+            }),
+            renewal_of_a(4, vec![], vec![claim(1)]),
+        ]
+    );
+    assert_eq!(
+        agent.on_event(AgentEvent::Tick, 930, &topo),
+        vec![renewal_of_a(5, vec![], vec![claim(1)])]
+    );
+    assert_eq!(agent.phase(&web()), None);
+}
+
+#[test]
+fn a_resource_that_fails_to_start_hands_the_group_over() {
+    let topo = topo(false);
+    let mut agent = starting_agent(&topo);
+    assert_eq!(
+        agent.on_event(resource_started(0, Err("exit status 1".into())), 40, &topo),
+        vec![AgentAction::StopGroup {
+            group: web(),
+            epoch: 1,
+            kind: StopKind::Orderly
+        }]
+    );
+    assert_eq!(
+        agent.on_event(
+            AgentEvent::GroupStopped {
+                group: web(),
+                epoch: 1,
+            },
+            60,
+            &topo,
+        ),
+        vec![
+            AgentAction::GuardRelease { group: web() },
+            AgentAction::Propose(Command::Release {
+                group: web(),
+                node: A,
+                epoch: 1,
+                incarnation: INC,
+                reason: ReleaseReason::StartFailed("exit status 1".into()),
+            }),
+            renewal_of_a(3, vec![], vec![claim(1)]),
+        ]
+    );
+}
+
+#[test]
+fn a_start_answer_that_was_not_asked_for_is_ignored() {
+    let topo = topo(false);
+    let mut agent = starting_agent(&topo);
+    let wrong_epoch = AgentEvent::ResourceStarted {
+        group: web(),
+        epoch: 0,
+        resource: 0,
+        result: Ok(()),
+    };
+    assert_eq!(agent.on_event(wrong_epoch, 30, &topo), vec![]);
+    assert_eq!(
+        agent.on_event(resource_started(1, Ok(())), 31, &topo),
+        vec![]
+    );
+    assert_eq!(agent.phase(&web()), Some(&GroupPhase::Starting));
 }
 
 #[test]

@@ -10,18 +10,31 @@ pub struct GroupSpec {
     /// Preference order; only nodes that can run groups.
     pub nodes: Vec<NodeId>,
     pub failback: bool,
-    /// Per resource, in order: how many failed checks in a row move the group
-    /// away. A resource without an entry moves it at the first failure.
-    pub monitor_failures_allowed: Vec<u32>,
+    /// The group's resources, in start order: what the engine decides about each.
+    pub resources: Vec<ResourceRule>,
+}
+
+/// What the engine needs to know of one resource: the executor knows how to
+/// start it, the engine only when and how often it may fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResourceRule {
+    /// Failed checks in a row that move the group away (at least 1).
+    pub failures_before_move: u32,
+}
+
+impl ResourceRule {
+    /// A resource that moves the group at its first failed check.
+    pub const STRICT: ResourceRule = ResourceRule {
+        failures_before_move: 1,
+    };
 }
 
 impl GroupSpec {
     /// Failed checks in a row of resource `resource` that move the group.
     pub fn failures_before_move(&self, resource: usize) -> u32 {
-        self.monitor_failures_allowed
+        self.resources
             .get(resource)
-            .copied()
-            .unwrap_or(1)
+            .map_or(1, |r| r.failures_before_move)
             .max(1)
     }
 }

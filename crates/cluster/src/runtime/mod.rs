@@ -7,7 +7,7 @@ pub mod metrics;
 pub mod resources;
 pub mod status;
 
-use crate::engine::topology::GroupSpec;
+use crate::engine::topology::{GroupSpec, ResourceRule};
 use crate::engine::{
     Action, Event, GateAnswer, GateQuery, NodeEngine, RenewalAck, StopKind, Topology,
 };
@@ -117,12 +117,14 @@ pub fn topology_from(config: &ClusterConfig) -> Topology {
             name: g.name.clone(),
             nodes: g.nodes.iter().map(|n| n.id()).collect(),
             failback: g.failback,
-            monitor_failures_allowed: g
+            resources: g
                 .resources
                 .iter()
                 .map(|r| match r {
-                    ResourceSpec::Exec(exec) => exec.failures_before_move,
-                    ResourceSpec::Ip(_) => 1,
+                    ResourceSpec::Exec(exec) => ResourceRule {
+                        failures_before_move: exec.failures_before_move,
+                    },
+                    ResourceSpec::Ip(_) => ResourceRule::STRICT,
                 })
                 .collect(),
         })
@@ -147,9 +149,10 @@ enum Done {
         token: u64,
         result: Option<crate::engine::ApplyResult>,
     },
-    Started {
+    ResourceStarted {
         group: GroupName,
         epoch: u64,
+        resource: usize,
         result: Result<(), String>,
     },
     Stopped {
@@ -343,7 +346,7 @@ pub async fn run(
                 if changed {
                     if let Some(state) = &installed {
                         let actions = engine.on_event(Event::DurableState(state.clone()), clock.now_ms());
-                        exec.perform_all(actions, &engine);
+                        exec.perform_all(actions);
                     }
                     durable_snapshot = installed;
                 }
@@ -360,13 +363,8 @@ pub async fn run(
                     Event::GuardReady
                 }
                 Done::GateAnswer { from, query, answer } => Event::GateAnswered { from, query, answer },
-                Done::Started { group, epoch, result } => {
-                    if result.is_ok() {
-                        // Monitors begin once everything is up, so a resource still
-                        // starting is not judged failed.
-                        exec.spawn_monitors(&group, epoch);
-                    }
-                    Event::GroupStarted { group, epoch, result }
+                Done::ResourceStarted { group, epoch, resource, result } => {
+                    Event::ResourceStarted { group, epoch, resource, result }
                 }
                 Done::StopFailed { group, epoch, reason } => {
                     error!(%group, "stop failed; the group stays owned here and the stop is retried: {reason}");
@@ -408,10 +406,10 @@ pub async fn run(
             was_leader = leading;
             info!(leader = leading, "leadership changed");
             let actions = engine.on_event(Event::Leadership(leading), now);
-            exec.perform_all(actions, &engine);
+            exec.perform_all(actions);
         }
         let actions = engine.on_event(event, now);
-        exec.perform_all(actions, &engine);
+        exec.perform_all(actions);
         publish_active_groups(&active_groups, &engine);
         exec.check_guard();
         next_wake = engine.next_deadline(clock.now_ms(), MAX_IDLE_MS);
@@ -466,15 +464,7 @@ impl Executor {
             .unwrap_or_default()
     }
 
-    /// Publishes each group's claim to the start tasks first: a start decided by
-    /// this very event may already run on another worker thread.
-    fn perform_all(&mut self, actions: Vec<Action>, engine: &NodeEngine) {
-        let margin = engine.topology().stop_margin_ms;
-        for spec in &engine.topology().groups {
-            let until = engine.agent().claim_until(&spec.name).unwrap_or(0);
-            self.runner
-                .set_start_deadline(spec.name.as_str(), until.saturating_sub(margin));
-        }
+    fn perform_all(&mut self, actions: Vec<Action>) {
         for action in actions {
             self.perform(action);
         }
@@ -549,6 +539,7 @@ impl Executor {
             }
             Action::GuardHold { group, until } => {
                 self.guard_holds.insert(group.clone(), until);
+                self.runner.set_guard_deadline(group.as_str(), Some(until));
                 let resources = self.resources(&group);
                 let env = self.runner.env(group.as_str());
                 if let Some(guard) = self.guard.as_mut() {
@@ -559,29 +550,47 @@ impl Executor {
             }
             Action::GuardRelease { group } => {
                 self.guard_holds.remove(&group);
+                self.runner.set_guard_deadline(group.as_str(), None);
                 if let Some(guard) = self.guard.as_mut() {
                     if let Err(e) = guard.release(group.as_str()) {
                         error!(%group, "guard unreachable: {e}");
                     }
                 }
             }
-            Action::StartGroup { group, epoch } => {
-                info!(%group, epoch, "starting group");
-                self.started_with.remove(&group);
-                let resources = self.resources(&group);
-                self.started_with.insert(group.clone(), resources.clone());
+            Action::StartResource {
+                group,
+                epoch,
+                resource,
+            } => {
+                if resource == 0 {
+                    info!(%group, epoch, "starting group");
+                    // The resources the start began with are the ones stopped,
+                    // whatever a reload changes meanwhile.
+                    self.started_with.remove(&group);
+                    let resources = self.resources(&group);
+                    self.started_with.insert(group.clone(), resources);
+                }
+                let spec = self.resources(&group).get(resource).cloned();
                 let runner = self.runner.clone();
                 let tx = self.done_tx.clone();
                 let name = group.clone();
                 let handle = tokio::spawn(async move {
-                    let result = runner.start_all(name.as_str(), &resources).await;
-                    let _ = tx.send(Done::Started {
+                    let result = match spec {
+                        Some(spec) => runner.start_one(name.as_str(), &spec).await,
+                        None => Err(format!("the group has no resource number {}", resource + 1)),
+                    };
+                    let _ = tx.send(Done::ResourceStarted {
                         group: name,
                         epoch,
+                        resource,
                         result,
                     });
                 });
-                self.starts.insert(group.clone(), handle);
+                self.starts.insert(group, handle);
+            }
+            Action::StartMonitors { group, epoch } => {
+                info!(%group, epoch, "group running");
+                self.spawn_monitors(&group, epoch);
             }
             Action::StopGroup { group, epoch, kind } => {
                 match kind {

@@ -1,5 +1,6 @@
-//! Carrying out a group's resources on this node: start in order, stop in reverse
-//! (addresses first in an emergency), and one monitor pass per resource.
+//! Carrying out a group's resources on this node: start one (the engine asks for
+//! each in order), stop in reverse (addresses first in an emergency), and one
+//! monitor pass per resource.
 
 use crate::engine::StopKind;
 use std::collections::BTreeMap;
@@ -35,10 +36,10 @@ const ARP_GAP: Duration = Duration::from_millis(100);
 pub struct ResourceRunner {
     netlink: Arc<Netlink>,
     node: String,
-    /// Per group, CLOCK_MONOTONIC ms until which this node may still start its
-    /// resources: the claim's end minus the stop margin, kept current by the
-    /// executor. A start that resumes after a pause checks it before every step.
-    start_deadlines: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Per group, the engine's latest guard deadline (CLOCK_MONOTONIC ms): the
+    /// guard undoes the group then, so address announcements still being sent
+    /// from a blocking thread end by it even if the daemon's loop is starved.
+    guard_deadlines: Arc<Mutex<BTreeMap<String, u64>>>,
     /// Per group: set when the group is being stopped, so address announcements
     /// still in progress end at once.
     announcing: Arc<Mutex<BTreeMap<String, Arc<AtomicBool>>>>,
@@ -58,26 +59,31 @@ impl ResourceRunner {
         ResourceRunner {
             netlink,
             node: node.to_string(),
-            start_deadlines: Arc::new(Mutex::new(BTreeMap::new())),
+            guard_deadlines: Arc::new(Mutex::new(BTreeMap::new())),
             announcing: Arc::new(Mutex::new(BTreeMap::new())),
             commands: CommandLedger::default(),
         }
     }
 
-    pub fn set_start_deadline(&self, group: &str, deadline_ms: u64) {
-        if let Ok(mut deadlines) = self.start_deadlines.lock() {
-            match deadlines.get_mut(group) {
-                Some(current) => *current = deadline_ms,
+    /// Records the deadline the engine handed to the guard (`None`: released).
+    pub fn set_guard_deadline(&self, group: &str, until_ms: Option<u64>) {
+        if let Ok(mut deadlines) = self.guard_deadlines.lock() {
+            match until_ms {
+                Some(until) => {
+                    deadlines.insert(group.to_string(), until);
+                }
                 None => {
-                    deadlines.insert(group.to_string(), deadline_ms);
+                    deadlines.remove(group);
                 }
             }
         }
     }
 
-    fn may_start(&self, group: &str) -> bool {
+    /// The guard has not undone the group yet: enforcing the engine's deadline,
+    /// as every external call here enforces one.
+    fn before_guard_deadline(&self, group: &str) -> bool {
         let deadline = self
-            .start_deadlines
+            .guard_deadlines
             .lock()
             .ok()
             .and_then(|d| d.get(group).copied())
@@ -94,21 +100,12 @@ impl ResourceRunner {
         ]
     }
 
-    /// Starts every resource in order. On failure, the resources already started
-    /// are left for the caller's stop (which undoes all of them, idempotently).
-    pub async fn start_all(&self, group: &str, resources: &[ResourceSpec]) -> Result<(), String> {
-        for resource in resources {
-            if !self.may_start(group) {
-                return Err(format!(
-                    "{}: the lease ended before the group finished starting",
-                    resource.label()
-                ));
-            }
-            self.start(group, resource)
-                .await
-                .map_err(|e| format!("{}: {e}", resource.label()))?;
-        }
-        Ok(())
+    /// Starts one resource. On failure, whatever it left is for the group's
+    /// stop (which undoes every resource, idempotently).
+    pub async fn start_one(&self, group: &str, resource: &ResourceSpec) -> Result<(), String> {
+        self.start(group, resource)
+            .await
+            .map_err(|e| format!("{}: {e}", resource.label()))
     }
 
     /// Stops every resource, even after one fails; Err lists what may still be up.
@@ -158,9 +155,6 @@ impl ResourceRunner {
     }
 
     async fn start_ip(&self, group: &str, ip: &IpResource) -> Result<(), String> {
-        if !self.may_start(group) {
-            return Err("the lease ended before the address was added".into());
-        }
         let outcome = netlink_call(
             "adding the address",
             self.netlink
@@ -180,11 +174,11 @@ impl ResourceRunner {
         let runner = self.clone();
         let group_name = group.to_string();
         // Announcements are spaced out; they must not delay the next resource,
-        // and they stop the moment the group stops or the lease runs low: a late
-        // announcement would pull clients back from the new owner.
+        // and they stop the moment the group stops or its guard deadline passes:
+        // a late announcement would pull clients back from the new owner.
         tokio::task::spawn_blocking(move || {
             for i in 0..count {
-                if cancel.load(Ordering::SeqCst) || !runner.may_start(&group_name) {
+                if cancel.load(Ordering::SeqCst) || !runner.before_guard_deadline(&group_name) {
                     break;
                 }
                 if let Err(e) = uphold_os::arp::announce(&interface, address, 1, Duration::ZERO) {

@@ -13,6 +13,10 @@
 //! is checked by scheduled deadlines, and plans of disk stalls alone check that
 //! a slow disk never moves a group.
 //!
+//! Starts go one resource at a time, each asked for by the engine while its
+//! claim holds; the simulated executor only carries them out (with delays and
+//! injected failures), so the start gate on the lease is the engine's, tested here.
+//!
 //! Disks: every member's log writes may stall (a flush taking seconds). What
 //! openraft does only once a write is durable waits for the member's disk: a
 //! follower's append acknowledgement, a vote, a candidate's vote requests, the
@@ -30,7 +34,8 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use uphold_cluster::engine::{
-    Action, ApplyResult, ClusterState, Command, Event, GroupSpec, NodeEngine, StopKind, Topology,
+    Action, ApplyResult, ClusterState, Command, Event, GroupSpec, NodeEngine, ResourceRule,
+    StopKind, Topology,
 };
 use uphold_core::{node_id_for, GroupName, Millis, NodeId};
 
@@ -181,6 +186,7 @@ pub enum Fault {
 enum Step {
     StartDone {
         epoch: u64,
+        resource: usize,
         result: Result<(), String>,
         gen: u64,
     },
@@ -304,7 +310,7 @@ impl Ord for Queued {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Start { epoch: u64 },
+    Start { epoch: u64, resource: usize },
     Stop { epoch: u64, kind: StopKind },
 }
 
@@ -433,6 +439,9 @@ pub struct Obs {
 }
 
 const RING: usize = 400;
+/// Resources per simulated group: the address, then a service. Each starts on
+/// its own engine step, so the start gate on the lease is exercised between them.
+const SIM_RESOURCES: usize = 2;
 
 pub struct World {
     pub seed: u64,
@@ -492,8 +501,9 @@ impl World {
                     .map(|m| node_id_for(&cfg.member_name(*m)))
                     .collect(),
                 failback: g.failback,
-                // The simulated resources move the group at the first failure.
-                monitor_failures_allowed: Vec::new(),
+                // The address, then a service; either moves the group at its
+                // first failed check.
+                resources: vec![ResourceRule::STRICT; SIM_RESOURCES],
             })
             .collect();
         let witnesses: Vec<NodeId> = (cfg.nodes().len()..n)
@@ -1173,7 +1183,7 @@ impl World {
                 continue;
             }
             match &event {
-                Event::GroupStarted { .. }
+                Event::ResourceStarted { .. }
                 | Event::GroupStopped { .. }
                 | Event::MonitorChecked { .. }
                 | Event::GateAnswered { .. }
@@ -1252,7 +1262,11 @@ impl World {
                 };
                 self.route_proposal(m, origin, command, 0);
             }
-            Action::StartGroup { group, epoch } => {
+            Action::StartResource {
+                group,
+                epoch,
+                resource,
+            } => {
                 let g = self.group_index(&group);
                 if self.members[m].witness {
                     self.fail(
@@ -1263,8 +1277,20 @@ impl World {
                 }
                 let d = self.members[m].daemon.as_mut().expect("daemon");
                 d.exec[g].running = None;
-                d.exec[g].ops.push_back(Op::Start { epoch });
+                d.exec[g].ops.push_back(Op::Start { epoch, resource });
                 self.pump(m, g);
+            }
+            Action::StartMonitors { group, epoch } => {
+                let g = self.group_index(&group);
+                let restored = self.active[g][m];
+                let d = self.members[m].daemon.as_mut().expect("daemon");
+                let exec = &mut d.exec[g];
+                exec.running = Some(epoch);
+                exec.monitor_reported = false;
+                if restored {
+                    exec.missing_since = None;
+                    self.record_restored(g);
+                }
             }
             Action::StopGroup { group, epoch, kind } => {
                 let g = self.group_index(&group);
@@ -1314,7 +1340,7 @@ impl World {
         exec.busy = true;
         let gen = exec.gen;
         match op {
-            Op::Start { epoch } => {
+            Op::Start { epoch, resource } => {
                 let guard = self.members[m].guard[g];
                 match guard {
                     None => {
@@ -1342,7 +1368,9 @@ impl World {
                             d.exec[g].missing_since = Some(now);
                         }
                     }
-                    Some(_) => self.set_active(g, m, true, "start began"),
+                    // The first resource is the address.
+                    Some(_) if resource == 0 => self.set_active(g, m, true, "start began"),
+                    Some(_) => {}
                 }
                 if let Some(d) = self.members[m].daemon.as_mut() {
                     d.exec[g].starting = true;
@@ -1363,7 +1391,12 @@ impl World {
                         m,
                         inc,
                         g,
-                        step: Step::StartDone { epoch, result, gen },
+                        step: Step::StartDone {
+                            epoch,
+                            resource,
+                            result,
+                            gen,
+                        },
                     },
                 );
             }
@@ -1390,7 +1423,12 @@ impl World {
         let inc = self.daemon_inc(m);
         let group = self.groups[g].clone();
         match step {
-            Step::StartDone { epoch, result, gen } => {
+            Step::StartDone {
+                epoch,
+                resource,
+                result,
+                gen,
+            } => {
                 let d = self.members[m].daemon.as_mut().expect("daemon");
                 let exec = &mut d.exec[g];
                 if exec.gen != gen {
@@ -1398,19 +1436,14 @@ impl World {
                 }
                 exec.busy = false;
                 exec.starting = false;
-                if result.is_ok() && exec.ops.is_empty() {
-                    exec.running = Some(epoch);
-                    exec.monitor_reported = false;
-                    if self.active[g][m] {
-                        exec.missing_since = None;
-                        self.record_restored(g);
-                    }
-                }
+                // Whether the group now runs, or the next resource may start,
+                // is the engine's decision (`Action::StartMonitors`).
                 self.feed(
                     m,
-                    Event::GroupStarted {
+                    Event::ResourceStarted {
                         group,
                         epoch,
+                        resource,
                         result,
                     },
                 );
