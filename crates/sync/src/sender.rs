@@ -3,17 +3,20 @@
 //! target for the same place (a digest first, the listing only when they differ), plans
 //! with [`crate::engine::plan`] and sends what differs: renames first, then creations and
 //! updates in tree order (small files inline, large ones streamed, as a delta when the
-//! target has an older version), deletions last. A source root that is missing or
-//! suddenly empty halts the batch instead of emptying the targets.
+//! target has an older version; [`crate::engine::transfer`] decides), deletions last. A
+//! source root that is missing or suddenly empty halts the batch instead of emptying
+//! the targets ([`crate::engine::halt`] decides).
 
 use crate::engine::batcher::Outcome;
+use crate::engine::halt::{self, Halt};
 use crate::engine::pending::{DirScope, Pending};
 use crate::engine::plan::{plan_dir, plan_entry, DirPlan, PlanOptions, Step};
+use crate::engine::transfer::{self, Method};
 use crate::entry::{listing_digest, Entry, Kind};
 use crate::path::{Excludes, RelPath};
 use crate::protocol::{
     CompareItem, CompareResult, DeltaBasis, FileOp, OpResult, Request, Response, BODY_BUDGET,
-    COMPARE_BATCH, DELTA_MIN, INLINE_MAX, SYNC_PROTOCOL,
+    COMPARE_BATCH, SYNC_PROTOCOL,
 };
 use crate::scan::{list_local, open_local, stat_local};
 use crate::transport::{CallError, Transport};
@@ -64,7 +67,13 @@ pub async fn hello(t: &dyn Transport, set: &str) -> Result<bool, CallError> {
 
 enum Stop {
     Unreachable(String),
-    Halted(String),
+    Halted(Halt),
+}
+
+impl From<Halt> for Stop {
+    fn from(halt: Halt) -> Self {
+        Stop::Halted(halt)
+    }
 }
 
 impl From<CallError> for Stop {
@@ -139,15 +148,8 @@ pub async fn run_batch(
 impl Run<'_> {
     async fn run(&mut self, batch: &Pending) -> Result<(), Stop> {
         let root = &self.set.source;
-        match std::fs::metadata(root) {
-            Ok(md) if md.is_dir() => {}
-            _ => {
-                return Err(Stop::Halted(format!(
-                    "source {} is missing or not a directory (not mounted?); nothing is changed on the target until it is back",
-                    root.display()
-                )))
-            }
-        }
+        let root_is_dir = std::fs::metadata(root).is_ok_and(|md| md.is_dir());
+        halt::at_start(root.clone(), root_is_dir)?;
         let mut work = Pending {
             dirs: batch.dirs.clone(),
             subtrees: batch.subtrees.clone(),
@@ -228,11 +230,9 @@ impl Run<'_> {
                     let listing = list_local(&root, &job.dir, &self.set.excludes).map_err(|e| {
                         Stop::Unreachable(format!("reading source {}: {e}", job.dir))
                     })?;
-                    if listing.is_none() && job.dir.is_root() {
-                        return Err(Stop::Halted(format!(
-                            "source {} disappeared; nothing is changed on the target until it is back",
-                            root.display()
-                        )));
+                    if job.dir.is_root() {
+                        // The target's side is checked once it answered.
+                        halt::at_root_listing(root.clone(), listing.as_deref(), None, false)?;
                     }
                     items.push(CompareItem::Dir {
                         dir: job.dir.clone(),
@@ -301,16 +301,13 @@ impl Run<'_> {
                             plan_dir(&job.dir, &source, None, self.opts)
                         }
                         CompareResult::Listing(target) => {
-                            if job.dir.is_root()
-                                && source.is_empty()
-                                && !target.is_empty()
-                                && self.opts.delete
-                            {
-                                return Err(Stop::Halted(format!(
-                                    "source {} is empty but the target holds {} entries (an unmounted disk?); nothing is deleted until the source has content again",
-                                    root.display(),
-                                    target.len()
-                                )));
+                            if job.dir.is_root() {
+                                halt::at_root_listing(
+                                    root.clone(),
+                                    Some(&source),
+                                    Some(target),
+                                    self.opts.delete,
+                                )?;
                             }
                             plan_dir(&job.dir, &source, Some(target), self.opts)
                         }
@@ -478,7 +475,8 @@ impl Run<'_> {
         entry: Entry,
         basis: Option<u64>,
     ) -> Result<(), Stop> {
-        if entry.size <= INLINE_MAX {
+        let method = transfer::method(entry.size, basis);
+        if method == Method::Inline {
             match read_stable(open_local(&self.set.source, &path), &entry) {
                 Some(data) => {
                     self.push(FileOp::Put {
@@ -497,18 +495,13 @@ impl Run<'_> {
         } else {
             // Operations before it (the directory it goes into) must be applied first.
             self.flush().await?;
-            self.stream(path, entry, basis).await
+            self.stream(path, entry, method == Method::Delta).await
         }
     }
 
-    async fn stream(
-        &mut self,
-        path: RelPath,
-        entry: Entry,
-        basis: Option<u64>,
-    ) -> Result<(), Stop> {
+    async fn stream(&mut self, path: RelPath, entry: Entry, as_delta: bool) -> Result<(), Stop> {
         let set = self.set.name.clone();
-        let signature = if basis.is_some_and(|b| b >= DELTA_MIN) && entry.size >= DELTA_MIN {
+        let signature = if as_delta {
             match self
                 .t
                 .call(Request::Signature {
@@ -609,12 +602,7 @@ impl Run<'_> {
         if root_level {
             let listing = list_local(&self.set.source, &RelPath::root(), &self.set.excludes)
                 .map_err(|e| Stop::Unreachable(format!("reading source root: {e}")))?;
-            if listing.is_none_or(|l| l.is_empty()) {
-                return Err(Stop::Halted(format!(
-                    "source {} became empty; refusing to delete everything on the target (an unmounted disk?)",
-                    self.set.source.display()
-                )));
-            }
+            halt::before_root_deletes(self.set.source.clone(), listing.as_deref())?;
         }
         for path in std::mem::take(&mut self.deletes) {
             self.push(FileOp::Delete { path }).await?;

@@ -400,18 +400,15 @@ async fn target_loop(
     mut changes: mpsc::UnboundedReceiver<Vec<Change>>,
     cancel: Arc<AtomicBool>,
 ) {
-    let mut batcher = Batcher::new(delay.as_millis() as Millis, now_ms());
+    let start = now_ms();
+    let mut batcher = Batcher::new(delay.as_millis() as Millis, start)
+        .with_rescans(rescan_interval.as_millis() as Millis, start);
     let mut initial_done = false;
-    let mut next_rescan = now_ms() + rescan_interval.as_millis() as Millis;
     loop {
         if cancel.load(Ordering::Relaxed) {
             return;
         }
         let now = now_ms();
-        if now >= next_rescan {
-            batcher.on_full_rescan(now);
-            next_rescan = now + rescan_interval.as_millis() as Millis;
-        }
         publish_target(&target, &batcher, initial_done, now);
         if let Some(batch) = batcher.poll(now) {
             let work = async {

@@ -170,39 +170,9 @@ pub async fn tcp_backend(
     })
 }
 
-/// Ports handed out in this process: a released port is not handed out twice (a
-/// test holding a "dead" server's port must not see it become a balancer's).
-static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-
-fn claim(ports: &[u16]) -> bool {
-    let mut given = GIVEN.lock().unwrap();
-    if ports.iter().any(|p| given.contains(p)) {
-        return false;
-    }
-    given.extend_from_slice(ports);
-    true
-}
-
-/// A free loopback port (bound and released; tests bind it again at once). Taken
-/// below the kernel's ephemeral range, so outgoing connections of other tests
-/// cannot be using it meanwhile.
-pub fn free_port() -> u16 {
-    free_ports(1)
-}
-
-/// `n` consecutive free ports.
-pub fn free_ports(n: u16) -> u16 {
-    for _ in 0..1000 {
-        let base = 20000 + (rand::random::<u16>() % 12000);
-        let held: Vec<_> = (0..n)
-            .filter_map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
-            .collect();
-        if held.len() == usize::from(n) && claim(&(base..base + n).collect::<Vec<_>>()) {
-            return base;
-        }
-    }
-    panic!("no {n} consecutive free ports");
-}
+// Each test binary compiles this module and uses a part of it.
+#[allow(unused_imports)]
+pub use uphold_testkit::loopback::{free_port, free_ports};
 
 pub fn config(text: &str) -> uphold_config::Config {
     match uphold_config::parse_str(text, "test.toml") {

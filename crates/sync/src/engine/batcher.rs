@@ -2,8 +2,10 @@
 //! clock. It gathers changes for `delay` after the first one (not after the last, so a
 //! file written continuously still goes out), runs one batch at a time, puts a failed
 //! batch back, backs off while the target is unreachable and compares the whole tree
-//! when it returns, and halts (keeping every change) when the source looks unmounted.
+//! when it returns and at the rescan interval, and halts (keeping every change) when
+//! the source looks unmounted.
 
+use super::halt::Halt;
 use super::pending::Pending;
 use crate::path::RelPath;
 use uphold_core::Millis;
@@ -39,7 +41,7 @@ pub enum Outcome {
     /// The target could not be reached or failed as a whole; the batch comes back.
     Unreachable { batch: Pending, error: String },
     /// The source root is missing or suddenly empty: nothing is deleted on the target.
-    Halted { batch: Pending, reason: String },
+    Halted { batch: Pending, reason: Halt },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +55,7 @@ pub enum LinkState {
         error: String,
     },
     /// Stopped by a safety check; rechecked at `retry_at`.
-    Halted { retry_at: Millis, reason: String },
+    Halted { retry_at: Millis, reason: Halt },
 }
 
 #[derive(Debug)]
@@ -68,6 +70,10 @@ pub struct Batcher {
     in_flight: Option<Millis>,
     link: LinkState,
     last_error: Option<String>,
+    /// The whole tree is compared again this often (drift the watcher missed);
+    /// `None`: only after start-up and after the target was down.
+    rescan_every: Option<Millis>,
+    next_rescan: Millis,
 }
 
 impl Batcher {
@@ -82,6 +88,24 @@ impl Batcher {
             in_flight: None,
             link: LinkState::Up,
             last_error: None,
+            rescan_every: None,
+            next_rescan: Millis::MAX,
+        }
+    }
+
+    /// Compares the whole tree again every `every` from `now` on.
+    pub fn with_rescans(mut self, every: Millis, now: Millis) -> Self {
+        self.rescan_every = Some(every.max(1));
+        self.next_rescan = now.saturating_add(every.max(1));
+        self
+    }
+
+    fn rescan_if_due(&mut self, now: Millis) {
+        if let Some(every) = self.rescan_every {
+            if now >= self.next_rescan {
+                self.on_full_rescan(now);
+                self.next_rescan = now.saturating_add(every);
+            }
         }
     }
 
@@ -107,6 +131,7 @@ impl Batcher {
 
     /// Returns the batch to send now, if one is due.
     pub fn poll(&mut self, now: Millis) -> Option<Pending> {
+        self.rescan_if_due(now);
         if self.in_flight.is_some() || self.pending.is_empty() {
             return None;
         }
@@ -163,11 +188,11 @@ impl Batcher {
                 put_back(self, batch);
             }
             Outcome::Halted { batch, reason } => {
+                self.last_error = Some(reason.to_string());
                 self.link = LinkState::Halted {
                     retry_at: now + HALT_RECHECK,
-                    reason: reason.clone(),
+                    reason,
                 };
-                self.last_error = Some(reason);
                 put_back(self, batch);
             }
         }
@@ -175,15 +200,18 @@ impl Batcher {
 
     /// When `poll` should be called next, if nothing else happens.
     pub fn next_deadline(&self) -> Option<Millis> {
+        let rescan = self.rescan_every.map(|_| self.next_rescan);
         if self.in_flight.is_some() || self.pending.is_empty() {
-            return None;
+            return rescan;
         }
-        let first = self.first_dirty?;
+        let Some(first) = self.first_dirty else {
+            return rescan;
+        };
         let mut at = first.saturating_add(self.delay).max(self.not_before);
         if let LinkState::Down { retry_at, .. } | LinkState::Halted { retry_at, .. } = &self.link {
             at = at.max(*retry_at);
         }
-        Some(at)
+        Some(rescan.map_or(at, |r| r.min(at)))
     }
 
     /// Age of the oldest change not yet on the target.
@@ -229,6 +257,26 @@ mod tests {
             delay + 5,
         );
         b
+    }
+
+    #[test]
+    fn the_whole_tree_is_compared_again_at_the_rescan_interval() {
+        let mut b = Batcher::new(20, 0).with_rescans(10_000, 0);
+        assert_eq!(b.poll(20), Some(Pending::everything()));
+        b.on_outcome(
+            Outcome::Done {
+                retry: Pending::default(),
+                error: None,
+            },
+            30,
+        );
+        assert_eq!(b.next_deadline(), Some(10_000));
+        assert_eq!(b.poll(9_999), None);
+        // Due: queued now, sent once the delay has passed like any change.
+        assert_eq!(b.poll(10_000), None);
+        assert_eq!(b.next_deadline(), Some(10_020));
+        assert_eq!(b.poll(10_020), Some(Pending::everything()));
+        assert_eq!(b.next_deadline(), Some(20_000));
     }
 
     #[test]
@@ -311,7 +359,10 @@ mod tests {
         b.on_outcome(
             Outcome::Halted {
                 batch,
-                reason: "source root is empty".into(),
+                reason: Halt {
+                    source: "/srv/www".into(),
+                    kind: crate::engine::halt::HaltKind::BecameEmpty,
+                },
             },
             1200,
         );
