@@ -2,6 +2,7 @@
 //! timeout, and on failure count it against the server (passive health) and try
 //! another (redispatch), up to the frontend's `retries`.
 
+use crate::engine::retry;
 use crate::frontend::Frontend;
 use crate::pool::{Refusal, ServerSlot};
 use std::sync::atomic::Ordering::Relaxed;
@@ -86,7 +87,7 @@ pub async fn connect_any(
             Err(e) => {
                 last_error = e;
                 exclude.push(slot.index);
-                if attempt < frontend.config.retries {
+                if retry::tries_another_server(attempt, frontend.config.retries) {
                     frontend.pool.traffic.retries.fetch_add(1, Relaxed);
                 }
             }

@@ -5,6 +5,7 @@
 //! when it failed before any of it was sent.
 
 use crate::connect::{connect_any, Failure};
+use crate::engine::retry;
 use crate::engine::select::client_hash;
 use crate::frontend::{Frontend, Slot};
 use crate::idle::{Activity, Watched};
@@ -182,11 +183,9 @@ async fn forward(
             };
         let server = slot.server.clone();
         server.traffic.requests.fetch_add(1, Relaxed);
-        let replay = if sender.reused {
-            replay_copy(&req)
-        } else {
-            None
-        };
+        let bodyless = matches!(req.body(), Either::Right(_));
+        let replay =
+            retry::replayable(req.method(), bodyless, sender.reused).then(|| replay_copy(&req));
         match sender.send(req).await {
             Ok(resp) => {
                 server.traffic.latency.record(started.elapsed());
@@ -199,29 +198,29 @@ async fn forward(
                 return relay_response(resp, slot, sender, frontend.clone(), set_cookie);
             }
             Err(upstream::SendError::NotSent(back)) => {
-                // The pooled connection closed before the request went out: nothing
-                // reached the server, so it is safe to send again, on a new connection.
+                // Nothing reached the server (`retry::SendFailure::NotSent`): the
+                // request itself goes again, on a new connection.
                 req = *back;
                 frontend.pool.traffic.retries.fetch_add(1, Relaxed);
                 continue;
             }
-            Err(upstream::SendError::Failed(e)) if replay.is_some() && !e.is_timeout() => {
-                // A reused connection that the server had closed: the request did not
-                // get an answer and is safe to repeat on a fresh connection.
-                tracing::debug!(frontend = %cfg.name, server = %server.name(), "reused connection failed ({e}); sending again");
-                req = replay.unwrap_or_else(|| Request::new(Either::Right(Empty::new())));
-                frontend.pool.traffic.retries.fetch_add(1, Relaxed);
-                continue;
-            }
             Err(upstream::SendError::Failed(e)) => {
+                let failure = retry::SendFailure::NoAnswer {
+                    timed_out: e.is_timeout(),
+                };
+                let status = match (retry::after_send_failure(failure, replay.is_some()), replay) {
+                    (retry::AfterFailure::SendAgain, Some(copy)) => {
+                        tracing::debug!(frontend = %cfg.name, server = %server.name(), "reused connection failed ({e}); sending again");
+                        req = copy;
+                        frontend.pool.traffic.retries.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    (retry::AfterFailure::GatewayTimeout, _) => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
                 server.traffic.server_errors.fetch_add(1, Relaxed);
                 frontend.pool.traffic.server_errors.fetch_add(1, Relaxed);
                 tracing::debug!(frontend = %cfg.name, server = %server.name(), "request failed: {e}");
-                let status = if e.is_timeout() {
-                    StatusCode::GATEWAY_TIMEOUT
-                } else {
-                    StatusCode::BAD_GATEWAY
-                };
                 return error_response(status, "the server failed to answer");
             }
         }
@@ -256,7 +255,9 @@ async fn checkout(
     // No idle connection to that server: connect; if that fails, others are tried.
     let connected = match crate::connect::open(frontend, &slot, listen_port).await {
         Ok(stream) => Ok((slot, stream)),
-        Err(_) if cfg.retries == 0 => Err(Failure::Unreachable("connect failed".into())),
+        Err(_) if !retry::tries_another_server(0, cfg.retries) => {
+            Err(Failure::Unreachable("connect failed".into()))
+        }
         Err(_) => {
             let mut excluded = exclude.to_vec();
             excluded.push(slot.index);
@@ -399,27 +400,15 @@ fn prepare(
     Ok(Request::from_parts(parts, body))
 }
 
-/// A copy of a bodyless idempotent request, to send again when a reused server
-/// connection turns out to have been closed under it.
-fn replay_copy(req: &Request<ReqBody>) -> Option<Request<ReqBody>> {
-    let idempotent = matches!(
-        *req.method(),
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::PUT
-            | http::Method::DELETE
-            | http::Method::TRACE
-    );
-    if !idempotent || !matches!(req.body(), Either::Right(_)) {
-        return None;
-    }
+/// A copy of a bodyless request (`retry::replayable` decides which), to send
+/// again when a reused server connection turns out to have been closed under it.
+fn replay_copy(req: &Request<ReqBody>) -> Request<ReqBody> {
     let mut copy = Request::new(Either::Right(Empty::new()));
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
-    Some(copy)
+    copy
 }
 
 fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

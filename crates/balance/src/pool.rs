@@ -1,11 +1,13 @@
 //! A frontend's servers at run time: their health, administrative state, weight and
-//! load, shared by the proxy threads and the health checks; and the acquisition of a
-//! server slot (selection, connection limits, the bounded queue).
+//! load, stored in atomics shared by the proxy threads and the health checks; and the
+//! acquisition of a server slot (selection, connection limits, the bounded queue).
+//! What the state means (available, weight) is `crate::engine::availability`'s.
 
 use crate::engine::agent::{AgentReport, AgentState};
+pub use crate::engine::availability::Admin;
+use crate::engine::availability::ServerState;
 use crate::engine::health::{Health, HealthTracker, Transition};
 use crate::engine::select::{Candidate, Pick, Selector};
-use crate::engine::slowstart::effective_weight;
 use crate::stats::{FrontendCounters, Traffic};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,24 +15,11 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 use uphold_config::balance::{BalanceConfig, CheckKind, ServerConfig};
 
-/// What an operator set with `uphold balance …`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Admin {
-    Enabled,
-    /// Existing connections (and cookie-persistent clients) finish; nothing new.
-    Drain,
-    /// Nothing new at all.
-    Disabled,
-}
-
-impl Admin {
-    fn from_u8(v: u8) -> Admin {
-        match v {
-            1 => Admin::Drain,
-            2 => Admin::Disabled,
-            _ => Admin::Enabled,
-        }
+fn admin_from_u8(v: u8) -> Admin {
+    match v {
+        1 => Admin::Drain,
+        2 => Admin::Disabled,
+        _ => Admin::Enabled,
     }
 }
 
@@ -107,7 +96,7 @@ impl Server {
     }
 
     pub fn admin(&self) -> Admin {
-        Admin::from_u8(self.admin.load(Relaxed))
+        admin_from_u8(self.admin.load(Relaxed))
     }
 
     pub fn set_admin(&self, admin: Admin) {
@@ -156,55 +145,38 @@ impl Server {
         }
     }
 
-    /// Healthy enough to be picked (ignoring the operator and load).
-    fn healthy(&self) -> bool {
-        if self.fenced() {
-            return false;
-        }
-        match self.health.load(Relaxed) {
-            HEALTH_UP => true,
-            HEALTH_DOWN => false,
-            _ => self.unknown_is_up,
+    /// The server's state now, read from the atomics. `slowstart` only bounds how
+    /// long the time since it came up is worth reading the clock for.
+    pub fn state(&self, slowstart: Duration) -> ServerState {
+        let (agent, agent_percent) = self.agent();
+        ServerState {
+            health: self.health(),
+            unknown_is_up: self.unknown_is_up,
+            fenced: self.fenced(),
+            admin: self.admin(),
+            weight: self.weight(),
+            agent,
+            agent_percent,
+            since_up: self.since_up(slowstart),
+            active: self.active(),
+            maxconn: self.config.maxconn,
+            backup: self.config.backup,
         }
     }
 
-    fn agent_allows_new(&self) -> bool {
-        !matches!(
-            self.agent().0,
-            Some(AgentState::Down | AgentState::Maint | AgentState::Drain)
-        )
-    }
-
-    /// The weight selection uses now: operator weight × agent percent, scaled by slow start.
-    pub fn effective_weight(&self, slowstart: Duration) -> u32 {
-        let base =
-            (u64::from(self.weight()) * u64::from(self.agent_percent.load(Relaxed)) / 100) as u32;
-        let base = if base == 0 && self.weight() > 0 && self.agent_percent.load(Relaxed) > 0 {
-            1
-        } else {
-            base
-        };
+    fn since_up(&self, slowstart: Duration) -> Option<Duration> {
         let up_at = self.up_at_ms.load(Relaxed);
         if up_at == 0 || slowstart.is_zero() {
-            return base;
+            return None;
         }
         let since = Duration::from_millis(now_ms().saturating_sub(up_at));
         if since >= slowstart {
+            // Past the window the up time no longer matters: forget it so that
+            // later picks skip the clock.
             self.up_at_ms.store(0, Relaxed);
-            return base;
+            return None;
         }
-        effective_weight(base, Some(since), slowstart)
-    }
-
-    fn candidate(&self, slowstart: Duration) -> Candidate {
-        let active = self.active();
-        Candidate {
-            weight: self.effective_weight(slowstart),
-            active,
-            available: self.healthy() && self.admin() == Admin::Enabled && self.agent_allows_new(),
-            full: self.config.maxconn > 0 && active >= self.config.maxconn,
-            backup: self.config.backup,
-        }
+        Some(since)
     }
 
     /// One check result (active or passive). Returns the transition, if any.
@@ -436,7 +408,7 @@ impl Pool {
             let s = &self.servers[i];
             // Draining servers still take their persistent clients, so sessions end
             // where they started.
-            if s.healthy() && s.admin() != Admin::Disabled && s.try_take() {
+            if s.state(self.slowstart).takes_persistent_client() && s.try_take() {
                 return Ok(self.slot(i));
             }
         }
@@ -450,7 +422,11 @@ impl Pool {
             let pick = CANDIDATES.with(|buf| {
                 let mut candidates = buf.borrow_mut();
                 candidates.clear();
-                candidates.extend(self.servers.iter().map(|s| s.candidate(self.slowstart)));
+                candidates.extend(
+                    self.servers
+                        .iter()
+                        .map(|s| s.state(self.slowstart).candidate(self.slowstart)),
+                );
                 self.selector
                     .lock()
                     .map(|mut sel| sel.pick(&candidates, client, random, exclude))

@@ -150,7 +150,9 @@ fn server(s: &Server, fe: &Frontend) -> ServerStatus {
         .into(),
         backup: s.config.backup,
         weight: s.weight(),
-        effective_weight: s.effective_weight(fe.config.slowstart),
+        effective_weight: s
+            .state(fe.config.slowstart)
+            .effective_weight(fe.config.slowstart),
         maxconn: s.config.maxconn,
         fenced: s.fenced(),
         agent,
