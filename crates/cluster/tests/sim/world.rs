@@ -432,6 +432,9 @@ pub struct Obs {
     pub heal_at: Option<u64>,
     /// Per group: when it was first up on exactly one node after healing.
     pub up_after_heal: Vec<Option<u64>>,
+    /// Per group: when the log last cleared its failure marks (every candidate
+    /// had failed it, and the leader waited `failure_retry_ms`).
+    failures_cleared_at: BTreeMap<String, u64>,
     liveness_extended: bool,
     pub final_at: Option<u64>,
     pub faults: u64,
@@ -1150,6 +1153,13 @@ impl World {
                             format!("NEEDLESS MOVE: {text} committed with only slow disks"),
                             &[m],
                         );
+                    }
+                    if let (Command::ClearFailures { group, .. }, ApplyResult::Applied) =
+                        (&cmd, &result)
+                    {
+                        self.obs
+                            .failures_cleared_at
+                            .insert(group.to_string(), self.now);
                     }
                     self.trace(Some(m), Tr::Commit { idx, cmd, result });
                 }
@@ -2277,7 +2287,17 @@ impl World {
                     if self.obs.up_after_heal[g].is_some() {
                         continue;
                     }
-                    if !self.obs.liveness_extended && self.all_candidates_failed(g) {
+                    // A group every candidate failed is blocked by design until the
+                    // leader clears the marks; its start after that may still be
+                    // under way at the deadline.
+                    let cleared_since_heal = self
+                        .obs
+                        .failures_cleared_at
+                        .get(self.groups[g].as_str())
+                        .is_some_and(|at| *at >= heal);
+                    if !self.obs.liveness_extended
+                        && (self.all_candidates_failed(g) || cleared_since_heal)
+                    {
                         self.obs.liveness_extended = true;
                         let extra = self.topo.failure_retry_ms;
                         self.schedule(self.now + extra * MS, Ev::Check(Check::LivenessDeadline));
