@@ -6,9 +6,9 @@
 //! sets, from members that may not send the set, and while this member is the sender.
 //!
 //! Here: the receiver's state (sets, open transfers and their per-peer limit) and
-//! the handling of each request. Beside it: who may send ([`access`]), streams
-//! being received ([`transfer`]), operations on the target tree ([`files`]) and
-//! owners and modes of what is written ([`meta`]).
+//! the handling of each request. Beside it: who may send (`access`), streams
+//! being received (`transfer`), operations on the target tree (`files`) and
+//! owners and modes of what is written (`meta`).
 
 use crate::entry::Meta;
 use crate::path::{Excludes, RelPath};
