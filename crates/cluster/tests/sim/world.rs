@@ -540,7 +540,12 @@ impl World {
                 }
             })
             .collect();
-        let liveness_bound_ms = 5000;
+        // Recovery within 5 s of healing, or with long leases what recovery
+        // needs at most: two elections, the leader's wait for the old owner's
+        // lease and the new owner's gate; plus the resources' starts one after
+        // another.
+        let recovery = 2 * cfg.raft.election_max_ms + topo.lease_expiry_wait_ms + topo.gate_wait_ms;
+        let liveness_bound_ms = recovery.max(5000) + SIM_RESOURCES as u64 * cfg.start_us.1 / MS;
         let settle_ms = topo.failback_stable_ms + 4000;
         let mut world = World {
             seed,
