@@ -6,6 +6,7 @@ pub mod balance;
 mod error;
 mod file;
 mod identity;
+pub mod keys;
 mod locate;
 pub mod model;
 pub mod sync;

@@ -470,6 +470,89 @@ fn config_md_examples_parse() {
     }
 }
 
+/// `CONFIG.md` documents exactly the keys the parser accepts, section by
+/// section: a key added to a file struct without its row, or a row for a key
+/// that was renamed or removed, fails here.
+#[test]
+fn config_md_documents_exactly_the_keys_the_parser_accepts() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("CONFIG.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let backticked = |text: &str| -> Vec<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    // Heading (its first backticked text) -> keys named in the first cell of
+    // its table's rows.
+    let mut documented: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    let mut inline: BTreeMap<String, String> = BTreeMap::new();
+    for line in doc.lines() {
+        if line.starts_with("## ") || line.starts_with("### ") {
+            current = backticked(line).into_iter().next();
+            if let Some(heading) = &current {
+                documented.entry(heading.clone()).or_default();
+            }
+            continue;
+        }
+        let Some(heading) = current.as_ref().filter(|_| line.starts_with("| `")) else {
+            continue;
+        };
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let keys = backticked(cells[1]);
+        // A list of inline tables is described in its row's type cell.
+        if let (Some(key), Some(kind)) = (keys.first(), cells.get(2)) {
+            inline.insert(format!("{heading}.{key}"), kind.to_string());
+        }
+        documented.entry(heading.clone()).or_default().extend(keys);
+    }
+    for section in uphold_config::keys::sections() {
+        let accepted: BTreeSet<String> = section.keys.iter().map(|k| k.to_string()).collect();
+        let heading = section.heading;
+        if let Some(parent) = heading
+            .strip_prefix("[[")
+            .and_then(|h| h.strip_suffix("]]"))
+            .filter(|h| !documented.contains_key(heading) && h.contains('.'))
+        {
+            // Documented in its parent's row: `{ cert, key }`.
+            let (outer, key) = parent.rsplit_once('.').unwrap();
+            let row = inline
+                .get(&format!("[[{outer}]].{key}"))
+                .unwrap_or_else(|| {
+                    panic!("{heading}: no section and no row `{key}` in [[{outer}]]")
+                });
+            for k in &accepted {
+                assert!(
+                    row.contains(k.as_str()),
+                    "{heading}: key `{k}` missing from the row {row:?}"
+                );
+            }
+            continue;
+        }
+        let rows = documented
+            .get(heading)
+            .unwrap_or_else(|| panic!("CONFIG.md has no section headed `{heading}`"));
+        // A sub-table with a section of its own counts as documented.
+        let bare = heading.trim_matches(|c| c == '[' || c == ']');
+        let own_section = |key: &str| {
+            documented.contains_key(&format!("[{bare}.{key}]"))
+                || documented.contains_key(&format!("[[{bare}.{key}]]"))
+        };
+        let undocumented: Vec<&String> = accepted
+            .iter()
+            .filter(|k| !rows.contains(*k) && !own_section(k))
+            .collect();
+        let unknown: Vec<&String> = rows.difference(&accepted).collect();
+        assert!(
+            undocumented.is_empty() && unknown.is_empty(),
+            "{heading}: accepted but not in CONFIG.md: {undocumented:?}; in CONFIG.md but not accepted: {unknown:?}"
+        );
+    }
+}
+
 #[test]
 fn a_lease_shorter_than_an_election_is_fine_since_leases_are_not_logged() {
     // Renewals no longer go through the Raft leader, so an election does not
