@@ -31,15 +31,8 @@ pub async fn serve<S>(io: S, peer: SocketAddr, local: SocketAddr, slot: Slot, tl
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let frontend = slot.current();
+    let (frontend, activity, io, service) = client_connection(io, peer, local, slot, tls);
     let cfg = &frontend.config;
-    let activity = Activity::default();
-    let io = hyper_util::rt::TokioIo::new(Watched::new(io, activity.clone()));
-    let conn_ctx = ConnCtx::new(slot, peer, local, tls);
-    let service = hyper::service::service_fn(move |req| {
-        let ctx = conn_ctx.clone();
-        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
-    });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
@@ -69,15 +62,8 @@ pub async fn serve_h2<S>(io: S, peer: SocketAddr, local: SocketAddr, slot: Slot)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let frontend = slot.current();
+    let (frontend, activity, io, service) = client_connection(io, peer, local, slot, true);
     let cfg = &frontend.config;
-    let activity = Activity::default();
-    let io = hyper_util::rt::TokioIo::new(Watched::new(io, activity.clone()));
-    let conn_ctx = ConnCtx::new(slot, peer, local, true);
-    let service = hyper::service::service_fn(move |req| {
-        let ctx = conn_ctx.clone();
-        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
-    });
     let mut builder =
         hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
@@ -97,6 +83,43 @@ where
             tracing::debug!(frontend = %cfg.name, client = %peer, "client connection (h2) idle; closed");
         }
     }
+}
+
+/// What either HTTP version serves a client connection with: the frontend as it
+/// is now, the connection's activity (for the idle limit), its I/O watched for
+/// that activity, and the service that proxies each request.
+#[allow(clippy::type_complexity)]
+fn client_connection<S>(
+    io: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    slot: Slot,
+    tls: bool,
+) -> (
+    Arc<Frontend>,
+    Activity,
+    hyper_util::rt::TokioIo<Watched<S>>,
+    impl hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ResponseBody>,
+            Error = Infallible,
+            Future = impl std::future::Future<Output = Result<Response<ResponseBody>, Infallible>>
+                         + Send,
+        > + Clone
+        + Send,
+)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let frontend = slot.current();
+    let activity = Activity::default();
+    let io = hyper_util::rt::TokioIo::new(Watched::new(io, activity.clone()));
+    let conn_ctx = ConnCtx::new(slot, peer, local, tls);
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = conn_ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+    });
+    (frontend, activity, io, service)
 }
 
 struct ConnCtx {

@@ -166,11 +166,7 @@ impl GuardReady {
         let mut reader = BufReader::new(self.0);
         let mut line = Vec::new();
         loop {
-            line.clear();
-            let read = reader
-                .by_ref()
-                .take(MAX_LINE_BYTES)
-                .read_until(b'\n', &mut line)
+            let read = read_line(&mut reader, &mut line)
                 .map_err(|source| OsError::GuardGone { source })?;
             if read == 0 {
                 return Err(OsError::GuardGone {
@@ -689,17 +685,20 @@ impl Guard {
     }
 }
 
+/// One line of the daemon-guard channel into `line`, at most `MAX_LINE_BYTES`
+/// of it: a peer that never sends a newline cannot grow the buffer without
+/// bound. Returns the bytes read; 0 at end of input.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<usize> {
+    line.clear();
+    reader.take(MAX_LINE_BYTES).read_until(b'\n', line)
+}
+
 /// Reads lines from `input` and forwards them; ends with Eof or Failed.
 fn read_messages(input: impl Read, tx: mpsc::Sender<Input>) {
     let mut reader = BufReader::new(input);
     let mut line = Vec::new();
     loop {
-        line.clear();
-        let read = reader
-            .by_ref()
-            .take(MAX_LINE_BYTES)
-            .read_until(b'\n', &mut line);
-        let input = match read {
+        let input = match read_line(&mut reader, &mut line) {
             Ok(0) => Input::Eof,
             Ok(_) => match serde_json::from_slice::<GuardMessage>(&line) {
                 Ok(message) => Input::Message(message),
