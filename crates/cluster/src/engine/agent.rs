@@ -107,6 +107,39 @@ impl LocalGroup {
     }
 }
 
+/// What an executor reports about a group's resources on its node: the same
+/// reports reach the node engine and its agent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResourceReport {
+    /// Resource `resource` (its place in the group) of a group starting here
+    /// is up, or failed to start.
+    Started {
+        group: GroupName,
+        epoch: u64,
+        resource: usize,
+        result: Result<(), String>,
+    },
+    Stopped {
+        group: GroupName,
+        epoch: u64,
+    },
+    /// A resource could not be stopped: the group may still be partly up here.
+    StopFailed {
+        group: GroupName,
+        epoch: u64,
+        reason: String,
+    },
+    /// A check of resource `resource` (its place in the group) ended: `failure`
+    /// says why it failed. Executors report every failure and the first success
+    /// after one; the engine counts failures in a row against the group's spec.
+    MonitorChecked {
+        group: GroupName,
+        epoch: u64,
+        resource: usize,
+        failure: Option<String>,
+    },
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentEvent {
     Tick,
@@ -129,33 +162,8 @@ pub enum AgentEvent {
         /// None: no answer (lost, timed out, no leader).
         result: Option<ApplyResult>,
     },
-    /// Resource `resource` (its place in the group) of a group starting here
-    /// is up, or failed to start.
-    ResourceStarted {
-        group: GroupName,
-        epoch: u64,
-        resource: usize,
-        result: Result<(), String>,
-    },
-    GroupStopped {
-        group: GroupName,
-        epoch: u64,
-    },
-    /// A resource could not be stopped: the group may still be partly up here.
-    GroupStopFailed {
-        group: GroupName,
-        epoch: u64,
-        reason: String,
-    },
-    /// A check of resource `resource` (its place in the group) ended: `failure`
-    /// says why it failed. Executors report every failure and the first success
-    /// after one; the engine counts failures in a row against the group's spec.
-    MonitorChecked {
-        group: GroupName,
-        epoch: u64,
-        resource: usize,
-        failure: Option<String>,
-    },
+    /// What the executor reports about a group's resources here.
+    Resource(ResourceReport),
     /// Stop everything, hand the groups back, then report idle.
     Shutdown,
     /// This run's guard holds the node's resources: no guard of an earlier run
@@ -338,12 +346,12 @@ impl Agent {
                     _ => {}
                 }
             }
-            AgentEvent::ResourceStarted {
+            AgentEvent::Resource(ResourceReport::Started {
                 group,
                 epoch,
                 resource,
                 result,
-            } => {
+            }) => {
                 let starting = self.groups.get_mut(&group).filter(|local| {
                     local.epoch == epoch
                         && local.phase == GroupPhase::Starting
@@ -362,12 +370,12 @@ impl Agent {
                     }
                 }
             }
-            AgentEvent::MonitorChecked {
+            AgentEvent::Resource(ResourceReport::MonitorChecked {
                 group,
                 epoch,
                 resource,
                 failure,
-            } => {
+            }) => {
                 let allowed = topo
                     .group(&group)
                     .map_or(1, |spec| spec.failures_before_move(resource));
@@ -394,7 +402,7 @@ impl Agent {
                     }
                 }
             }
-            AgentEvent::GroupStopped { group, epoch } => {
+            AgentEvent::Resource(ResourceReport::Stopped { group, epoch }) => {
                 let stopping = self.groups.get(&group).and_then(|local| {
                     match (&local.phase, local.epoch == epoch) {
                         (GroupPhase::Stopping { then_release, .. }, true) => {
@@ -421,11 +429,11 @@ impl Agent {
                     self.propose_release(&group, epoch, reason, now, &mut actions);
                 }
             }
-            AgentEvent::GroupStopFailed {
+            AgentEvent::Resource(ResourceReport::StopFailed {
                 group,
                 epoch,
                 reason: _,
-            } => {
+            }) => {
                 if let Some(local) = self.groups.get_mut(&group) {
                     if local.epoch == epoch && matches!(local.phase, GroupPhase::Stopping { .. }) {
                         local.retry_stop_at = Some(now.saturating_add(STOP_RETRY_MS));

@@ -13,7 +13,7 @@ pub mod placement;
 pub mod state;
 pub mod topology;
 
-pub use agent::{Agent, AgentAction, AgentEvent, GroupPhase, StopKind};
+pub use agent::{Agent, AgentAction, AgentEvent, GroupPhase, ResourceReport, StopKind};
 pub use lease::{Claim, GateAnswer, GateQuery, Heard, LeaseVoter, Renewal, RenewalAck};
 pub use liveness::Liveness;
 pub use node::{Action, Event, NodeEngine};

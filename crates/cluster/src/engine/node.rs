@@ -2,7 +2,7 @@
 //! and the placement it runs while it leads. The executor and the simulation both
 //! drive exactly this type.
 
-use crate::engine::agent::{Agent, AgentAction, AgentEvent};
+use crate::engine::agent::{Agent, AgentAction, AgentEvent, ResourceReport};
 use crate::engine::lease::{GateAnswer, GateQuery, LeaseVoter, Renewal, RenewalAck};
 use crate::engine::liveness::Liveness;
 use crate::engine::placement::{Placement, PlacementAction};
@@ -45,31 +45,9 @@ pub enum Event {
         query: GateQuery,
         answer: GateAnswer,
     },
-    /// A resource asked for by `Action::StartResource` is up, or failed.
-    ResourceStarted {
-        group: GroupName,
-        epoch: u64,
-        resource: usize,
-        result: Result<(), String>,
-    },
-    GroupStopped {
-        group: GroupName,
-        epoch: u64,
-    },
-    GroupStopFailed {
-        group: GroupName,
-        epoch: u64,
-        reason: String,
-    },
-    /// A check of resource `resource` (its place in the group) ended: `failure`
-    /// says why it failed. Executors report every failure and the first success
-    /// after one; the engine counts failures in a row against the group's spec.
-    MonitorChecked {
-        group: GroupName,
-        epoch: u64,
-        resource: usize,
-        failure: Option<String>,
-    },
+    /// What the executor reports about a group's resources here (a resource
+    /// asked for by `Action::StartResource` is up, a group stopped, a check).
+    Resource(ResourceReport),
     Shutdown,
     /// This run's guard is in control of the node's resources (see
     /// `AgentEvent::GuardReady`).
@@ -305,38 +283,7 @@ impl NodeEngine {
                 query,
                 answer,
             },
-            Event::ResourceStarted {
-                group,
-                epoch,
-                resource,
-                result,
-            } => AgentEvent::ResourceStarted {
-                group,
-                epoch,
-                resource,
-                result,
-            },
-            Event::GroupStopped { group, epoch } => AgentEvent::GroupStopped { group, epoch },
-            Event::GroupStopFailed {
-                group,
-                epoch,
-                reason,
-            } => AgentEvent::GroupStopFailed {
-                group,
-                epoch,
-                reason,
-            },
-            Event::MonitorChecked {
-                group,
-                epoch,
-                resource,
-                failure,
-            } => AgentEvent::MonitorChecked {
-                group,
-                epoch,
-                resource,
-                failure,
-            },
+            Event::Resource(report) => AgentEvent::Resource(report),
             Event::Shutdown => AgentEvent::Shutdown,
             Event::GuardReady => AgentEvent::GuardReady,
         };

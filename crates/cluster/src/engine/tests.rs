@@ -147,12 +147,12 @@ fn started_at_760() -> Vec<AgentAction> {
 }
 
 fn resource_started(resource: usize, result: Result<(), String>) -> AgentEvent {
-    AgentEvent::ResourceStarted {
+    AgentEvent::Resource(ResourceReport::Started {
         group: web(),
         epoch: 1,
         resource,
         result,
-    }
+    })
 }
 
 /// Agent A, joined, owning `web` at epoch 1, its first resource asked for at
@@ -425,10 +425,10 @@ fn a_claim_refused_by_a_majority_stops_the_group_and_hands_it_back() {
     );
     // Stopped: the guard lets go, the claim is withdrawn, the group released.
     let actions = agent.on_event(
-        AgentEvent::GroupStopped {
+        AgentEvent::Resource(ResourceReport::Stopped {
             group: web(),
             epoch: 1,
-        },
+        }),
         230,
         &topo,
     );
@@ -454,11 +454,13 @@ fn only_failures_in_a_row_up_to_the_resources_allowance_move_the_group() {
     // starts the count again, and the other resource's allowance is its own.
     let topo = topo(false);
     let mut agent = running_agent(&topo);
-    let check = |resource: usize, failure: Option<&str>| AgentEvent::MonitorChecked {
-        group: web(),
-        epoch: 1,
-        resource,
-        failure: failure.map(str::to_string),
+    let check = |resource: usize, failure: Option<&str>| {
+        AgentEvent::Resource(ResourceReport::MonitorChecked {
+            group: web(),
+            epoch: 1,
+            resource,
+            failure: failure.map(str::to_string),
+        })
     };
     for event in [
         check(1, Some("refused")),
@@ -488,10 +490,10 @@ fn only_failures_in_a_row_up_to_the_resources_allowance_move_the_group() {
     };
     assert_eq!(
         agent.on_event(
-            AgentEvent::GroupStopped {
+            AgentEvent::Resource(ResourceReport::Stopped {
                 group: web(),
                 epoch: 1,
-            },
+            }),
             150,
             &topo,
         ),
@@ -533,10 +535,10 @@ fn a_start_resumed_after_the_claim_ran_low_adds_nothing_more_and_stops() {
     // owner). It goes back to the leader instead.
     assert_eq!(
         agent.on_event(
-            AgentEvent::GroupStopped {
+            AgentEvent::Resource(ResourceReport::Stopped {
                 group: web(),
                 epoch: 1,
-            },
+            }),
             730,
             &topo,
         ),
@@ -573,10 +575,10 @@ fn a_resource_that_fails_to_start_hands_the_group_over() {
     );
     assert_eq!(
         agent.on_event(
-            AgentEvent::GroupStopped {
+            AgentEvent::Resource(ResourceReport::Stopped {
                 group: web(),
                 epoch: 1,
-            },
+            }),
             60,
             &topo,
         ),
@@ -598,12 +600,12 @@ fn a_resource_that_fails_to_start_hands_the_group_over() {
 fn a_start_answer_that_was_not_asked_for_is_ignored() {
     let topo = topo(false);
     let mut agent = starting_agent(&topo);
-    let wrong_epoch = AgentEvent::ResourceStarted {
+    let wrong_epoch = AgentEvent::Resource(ResourceReport::Started {
         group: web(),
         epoch: 0,
         resource: 0,
         result: Ok(()),
-    };
+    });
     assert_eq!(agent.on_event(wrong_epoch, 30, &topo), vec![]);
     assert_eq!(
         agent.on_event(resource_started(1, Ok(())), 31, &topo),
@@ -616,12 +618,12 @@ fn a_start_answer_that_was_not_asked_for_is_ignored() {
 fn a_report_for_another_epoch_is_ignored() {
     let topo = topo(false);
     let mut agent = running_agent(&topo);
-    let stale = AgentEvent::MonitorChecked {
+    let stale = AgentEvent::Resource(ResourceReport::MonitorChecked {
         group: web(),
         epoch: 0,
         resource: 0,
         failure: Some("down".into()),
-    };
+    });
     assert_eq!(agent.on_event(stale, 100, &topo), vec![]);
 }
 
@@ -630,12 +632,12 @@ fn agent_moves_group_away_after_monitor_failure_and_never_restarts_it_there() {
     let topo = topo(false);
     let mut agent = running_agent(&topo);
     let actions = agent.on_event(
-        AgentEvent::MonitorChecked {
+        AgentEvent::Resource(ResourceReport::MonitorChecked {
             group: web(),
             epoch: 1,
             resource: 0,
             failure: Some("down".into()),
-        },
+        }),
         100,
         &topo,
     );
@@ -655,10 +657,10 @@ fn agent_moves_group_away_after_monitor_failure_and_never_restarts_it_there() {
         reason: ReleaseReason::MonitorFailed("down".into()),
     };
     let actions = agent.on_event(
-        AgentEvent::GroupStopped {
+        AgentEvent::Resource(ResourceReport::Stopped {
             group: web(),
             epoch: 1,
-        },
+        }),
         150,
         &topo,
     );
@@ -694,11 +696,11 @@ fn a_failed_stop_keeps_the_group_and_retries_instead_of_releasing() {
     let mut agent = running_agent(&topo);
     agent.on_event(AgentEvent::Shutdown, 100, &topo);
     let actions = agent.on_event(
-        AgentEvent::GroupStopFailed {
+        AgentEvent::Resource(ResourceReport::StopFailed {
             group: web(),
             epoch: 1,
             reason: "stop timed out".into(),
-        },
+        }),
         120,
         &topo,
     );
@@ -730,10 +732,10 @@ fn agent_hands_groups_back_on_shutdown() {
         }]
     );
     let actions = agent.on_event(
-        AgentEvent::GroupStopped {
+        AgentEvent::Resource(ResourceReport::Stopped {
             group: web(),
             epoch: 1,
-        },
+        }),
         150,
         &topo,
     );

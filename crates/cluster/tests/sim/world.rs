@@ -34,8 +34,8 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use uphold_cluster::engine::{
-    Action, ApplyResult, ClusterState, Command, Event, GroupSpec, NodeEngine, ResourceRule,
-    StopKind, Topology,
+    Action, ApplyResult, ClusterState, Command, Event, GroupSpec, NodeEngine, ResourceReport,
+    ResourceRule, StopKind, Topology,
 };
 use uphold_core::{node_id_for, GroupName, Millis, NodeId};
 
@@ -1198,9 +1198,9 @@ impl World {
                 continue;
             }
             match &event {
-                Event::ResourceStarted { .. }
-                | Event::GroupStopped { .. }
-                | Event::MonitorChecked { .. }
+                Event::Resource(ResourceReport::Started { .. })
+                | Event::Resource(ResourceReport::Stopped { .. })
+                | Event::Resource(ResourceReport::MonitorChecked { .. })
                 | Event::GateAnswered { .. }
                 | Event::RenewalAnswered { .. } => {
                     let text = format!("{event:?}");
@@ -1455,12 +1455,12 @@ impl World {
                 // is the engine's decision (`Action::StartMonitors`).
                 self.feed(
                     m,
-                    Event::ResourceStarted {
+                    Event::Resource(ResourceReport::Started {
                         group,
                         epoch,
                         resource,
                         result,
-                    },
+                    }),
                 );
                 self.pump(m, g);
             }
@@ -1483,12 +1483,12 @@ impl World {
                     d.exec[g].monitor_reported = true;
                     self.feed(
                         m,
-                        Event::MonitorChecked {
+                        Event::Resource(ResourceReport::MonitorChecked {
                             group,
                             epoch,
                             resource: 0,
                             failure: Some(reason),
-                        },
+                        }),
                     );
                 }
             }
@@ -1496,7 +1496,7 @@ impl World {
                 let d = self.members[m].daemon.as_mut().expect("daemon");
                 d.exec[g].busy = false;
                 d.exec[g].missing_since = None;
-                self.feed(m, Event::GroupStopped { group, epoch });
+                self.feed(m, Event::Resource(ResourceReport::Stopped { group, epoch }));
                 self.pump(m, g);
             }
         }
@@ -1525,12 +1525,12 @@ impl World {
             let group = self.groups[g].clone();
             self.feed(
                 m,
-                Event::MonitorChecked {
+                Event::Resource(ResourceReport::MonitorChecked {
                     group,
                     epoch,
                     resource: 0,
                     failure: Some("resources missing".into()),
-                },
+                }),
             );
         }
     }
