@@ -67,7 +67,7 @@ pub enum Action {
     /// Send the query to every other voter; answer with `Event::GateAnswered`.
     SendGateQuery(GateQuery),
     /// Start one resource of the group (its place in the group; the ones before
-    /// it are up); answer with `Event::ResourceStarted`. The engine asks for
+    /// it are up); answer with `ResourceReport::Started`. The engine asks for
     /// each only while this node's claim holds.
     StartResource {
         group: GroupName,
@@ -80,7 +80,7 @@ pub enum Action {
         group: GroupName,
         epoch: u64,
     },
-    /// Stop the group's resources; answer with `Event::GroupStopped`.
+    /// Stop the group's resources; answer with `ResourceReport::Stopped`.
     StopGroup {
         group: GroupName,
         epoch: u64,
