@@ -23,6 +23,12 @@ pub enum Refusal {
     ThisMemberSends {
         set: String,
     },
+    /// The peer already has `open` streams here, the most it may hold.
+    TooManyTransfers {
+        peer: NodeName,
+        open: usize,
+        limit: usize,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -41,6 +47,12 @@ impl fmt::Display for Refusal {
                 f,
                 "this member is the sender of sync set {set:?} and refuses to receive it"
             ),
+            Refusal::TooManyTransfers { peer, open, limit } => {
+                write!(
+                    f,
+                    "{peer} already has {open} transfers open (limit {limit})"
+                )
+            }
         }
     }
 }

@@ -5,8 +5,9 @@
 //! following symlinks ([`uphold_os::confined::DirFd`]). Requests are refused for unknown
 //! sets, from members that may not send the set, and while this member is the sender.
 //!
-//! Here: the receiver's state (sets, open transfers and their per-peer limit) and
-//! the handling of each request. Beside it: who may send (`access`), streams
+//! Here: the receiver's state (sets, open transfers) and the handling of each
+//! request. Beside it: who may send (`access`), how many streams a peer may
+//! hold and for how long (`limits`), streams
 //! being received (`transfer`), operations on the target tree (`files`) and
 //! owners and modes of what is written (`meta`).
 
@@ -24,16 +25,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use uphold_config::sync::{FsyncPolicy, SyncConfig};
 use uphold_core::NodeName;
 use uphold_delta::{block_size_for, Applier, SignatureBuilder};
 use uphold_os::confined::DirFd;
-
-/// Streams open at once from one peer; more are refused until some finish.
-const MAX_TRANSFERS_PER_PEER: usize = 8;
-/// A stream without a chunk for this long is abandoned (the sender died).
-const TRANSFER_IDLE: Duration = Duration::from_secs(120);
 
 /// Tells whether this member currently sends a set (then it must not receive it).
 pub type SenderCheck = Arc<dyn Fn(&SyncConfig) -> bool + Send + Sync>;
@@ -76,6 +72,7 @@ impl std::fmt::Debug for Receiver {
 
 mod access;
 mod files;
+mod limits;
 mod meta;
 mod transfer;
 
@@ -318,11 +315,7 @@ impl Receiver {
                     TransferSlot::Busy { peer: p } => p == peer,
                 })
                 .count();
-            if open >= MAX_TRANSFERS_PER_PEER {
-                return Err(format!(
-                    "{peer} already has {open} transfers open (limit {MAX_TRANSFERS_PER_PEER})"
-                ));
-            }
+            limits::may_begin(peer, open)?;
         }
         let (dir, name) = open_parent(root, &path)?;
         let temp = temp_name(&name);
@@ -386,13 +379,13 @@ impl Receiver {
         let stale: Vec<u64> = map
             .iter()
             .filter_map(|(id, slot)| match slot {
-                TransferSlot::Idle(t) if t.last_used.elapsed() > TRANSFER_IDLE => Some(*id),
+                TransferSlot::Idle(t) if limits::abandoned(t.last_used.elapsed()) => Some(*id),
                 _ => None,
             })
             .collect();
         for id in stale {
             if let Some(TransferSlot::Idle(t)) = map.remove(&id) {
-                tracing::warn!(path = %t.path, peer = %t.peer, "abandoning a transfer idle for {TRANSFER_IDLE:?}");
+                tracing::warn!(path = %t.path, peer = %t.peer, "abandoning a transfer idle for {:?}", limits::TRANSFER_IDLE);
                 let _ = t.dir.unlink(&t.temp);
             }
         }
