@@ -25,6 +25,8 @@
 //!   [`watch::TreeWatcher`] turns inotify events into [`watch::Hint`]s, falling
 //!   back to periodic rescans where the watch limit is reached.
 //! - [`limits`]: [`limits::raise_open_files`] at start-up.
+//! - [`loopback`]: [`loopback::free_port_range`], free loopback ports for processes
+//!   started on one host (the demo, the tests).
 //! - [`protect`]: the daemon's self-protection on a loaded host: locked memory
 //!   ([`protect::lock_memory`]), CPU priority per thread
 //!   ([`protect::set_thread_cpu_priority`]), I/O priority
@@ -42,6 +44,7 @@ pub mod error;
 pub mod exec;
 pub mod guard;
 pub mod limits;
+pub mod loopback;
 pub mod process_id;
 pub mod protect;
 pub mod vip;

@@ -4,7 +4,7 @@
 //! does), and the local API read as JSON. Used by tests of whole daemons.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,48 +12,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 
-/// Ports handed out in this process: a released port is not handed out twice
-/// (a test holding a "dead" server's port must not see it become a daemon's).
-static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-
-/// Where ports are picked: below the kernel's ephemeral range (32768 and up by
-/// default), so outgoing connections of other tests cannot take one meanwhile.
-const PORT_RANGE: std::ops::Range<u16> = 20000..32000;
-
 /// A free loopback port (bound and released; the test binds it again at once).
 pub fn free_port() -> u16 {
     free_ports(1)
 }
 
-/// The first of `n` consecutive free loopback ports (for port ranges).
+/// The first of `n` consecutive free loopback ports (for port ranges); see
+/// [`uphold_os::loopback::free_port_range`].
 pub fn free_ports(n: u16) -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let span = PORT_RANGE.end - PORT_RANGE.start - n;
-    for _ in 0..1000 {
-        // std's per-process random keys: enough to spread tests over the range.
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let base = PORT_RANGE.start + (random % u64::from(span)) as u16;
-        let held: Vec<TcpListener> = (0..n)
-            .filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
-            .collect();
-        if held.len() == usize::from(n) && claim(base..base + n) {
-            return base;
-        }
-    }
-    panic!("no {n} consecutive free loopback ports in {PORT_RANGE:?}");
-}
-
-fn claim(ports: std::ops::Range<u16>) -> bool {
-    let mut given = GIVEN
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if ports.clone().any(|p| given.contains(&p)) {
-        return false;
-    }
-    given.extend(ports);
-    true
+    uphold_os::loopback::free_port_range(n).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Polls `cond` every 20 ms until it holds, or fails after `limit`.

@@ -69,13 +69,9 @@ pub fn main(args: DemoArgs) -> ExitCode {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot find a free port: {e}"))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
+/// One free loopback port for a member or the service.
+fn demo_port() -> Result<u16, String> {
+    uphold_os::loopback::free_port_range(1).map_err(|e| format!("cannot find a free port: {e}"))
 }
 
 impl Demo {
@@ -85,10 +81,10 @@ impl Demo {
         let mut peers = Vec::new();
         let mut apis = Vec::new();
         for _ in NODES {
-            peers.push(SocketAddr::from(([127, 0, 0, 1], free_port()?)));
-            apis.push(SocketAddr::from(([127, 0, 0, 1], free_port()?)));
+            peers.push(SocketAddr::from(([127, 0, 0, 1], demo_port()?)));
+            apis.push(SocketAddr::from(([127, 0, 0, 1], demo_port()?)));
         }
-        let service = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let service = SocketAddr::from(([127, 0, 0, 1], demo_port()?));
         let exe_str = exe.display().to_string();
         let d = dir.display();
         let mut config = format!(
