@@ -4,7 +4,7 @@
 
 use super::lease_service::{LEASE_GATE, LEASE_RENEW};
 use super::resources::ResourceRunner;
-use crate::engine::{Action, GateAnswer, GateQuery, RenewalAck, StopKind};
+use crate::engine::{Action, GateAnswer, GateQuery, RenewalAck, ResourceReport, StopKind};
 use crate::raft::RaftNode;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,31 +18,12 @@ use uphold_os::guard::GuardClient;
 use uphold_proto::rpc::RpcClient;
 
 pub(super) enum Done {
-    StopFailed {
-        group: GroupName,
-        epoch: u64,
-        reason: String,
-    },
     Proposal {
         token: u64,
         result: Option<crate::engine::ApplyResult>,
     },
-    ResourceStarted {
-        group: GroupName,
-        epoch: u64,
-        resource: usize,
-        result: Result<(), String>,
-    },
-    Stopped {
-        group: GroupName,
-        epoch: u64,
-    },
-    MonitorChecked {
-        group: GroupName,
-        epoch: u64,
-        resource: usize,
-        failure: Option<String>,
-    },
+    /// A resource started, a group stopped or not, a check's result.
+    Resource(ResourceReport),
     RenewalAck {
         from: uphold_core::NodeId,
         ack: RenewalAck,
@@ -216,12 +197,12 @@ impl Executor {
                         Some(spec) => runner.start_one(name.as_str(), &spec).await,
                         None => Err(format!("the group has no resource number {}", resource + 1)),
                     };
-                    let _ = tx.send(Done::ResourceStarted {
+                    let _ = tx.send(Done::Resource(ResourceReport::Started {
                         group: name,
                         epoch,
                         resource,
                         result,
-                    });
+                    }));
                 });
                 self.starts.insert(group, handle);
             }
@@ -251,14 +232,16 @@ impl Executor {
                     match runner.stop_all(group.as_str(), &resources, kind).await {
                         Ok(()) => {
                             info!(%group, epoch, "group stopped");
-                            let _ = tx.send(Done::Stopped { group, epoch });
+                            let _ =
+                                tx.send(Done::Resource(ResourceReport::Stopped { group, epoch }));
                         }
                         Err(reason) => {
-                            let _ = tx.send(Done::StopFailed {
+                            error!(%group, "stop failed; the group stays owned here and the stop is retried: {reason}");
+                            let _ = tx.send(Done::Resource(ResourceReport::StopFailed {
                                 group,
                                 epoch,
                                 reason,
-                            });
+                            }));
                         }
                     }
                 });
@@ -321,12 +304,16 @@ impl Executor {
                         Err(reason) => Some(format!("{}: {reason}", resource.label())),
                     };
                     failing = failure.is_some();
-                    let checked = Done::MonitorChecked {
+                    match &failure {
+                        Some(reason) => warn!(%group, "monitor check failed: {reason}"),
+                        None => info!(%group, "monitor check passed again"),
+                    }
+                    let checked = Done::Resource(ResourceReport::MonitorChecked {
                         group: group.clone(),
                         epoch,
                         resource: index,
                         failure,
-                    };
+                    });
                     if tx.send(checked).is_err() {
                         return;
                     }

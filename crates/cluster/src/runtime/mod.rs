@@ -20,7 +20,7 @@ use incarnation::next_incarnation;
 pub use reload::{reload_refusal, topology_from};
 use snapshot::{build_status, log_liveness_changes};
 
-use crate::engine::{Event, NodeEngine, ResourceReport};
+use crate::engine::{Event, NodeEngine};
 use crate::raft::{RaftNode, RaftOptions};
 use lease_service::{LeaseHandler, LeaseRequest, LEASE_GATE, LEASE_RENEW};
 use resources::ResourceRunner;
@@ -242,21 +242,7 @@ pub async fn run(
                     Event::GuardReady
                 }
                 Done::GateAnswer { from, query, answer } => Event::GateAnswered { from, query, answer },
-                Done::ResourceStarted { group, epoch, resource, result } => {
-                    Event::Resource(ResourceReport::Started { group, epoch, resource, result })
-                }
-                Done::StopFailed { group, epoch, reason } => {
-                    error!(%group, "stop failed; the group stays owned here and the stop is retried: {reason}");
-                    Event::Resource(ResourceReport::StopFailed { group, epoch, reason })
-                }
-                Done::Stopped { group, epoch } => Event::Resource(ResourceReport::Stopped { group, epoch }),
-                Done::MonitorChecked { group, epoch, resource, failure } => {
-                    match &failure {
-                        Some(reason) => warn!(%group, "monitor check failed: {reason}"),
-                        None => info!(%group, "monitor check passed again"),
-                    }
-                    Event::Resource(ResourceReport::MonitorChecked { group, epoch, resource, failure })
-                }
+                Done::Resource(report) => Event::Resource(report),
             }),
             Some(new) = reload.recv() => {
                 match reload_refusal(&config, &new) {
