@@ -149,7 +149,7 @@ impl Run<'_> {
     async fn run(&mut self, batch: &Pending) -> Result<(), Stop> {
         let root = &self.set.source;
         let root_is_dir = std::fs::metadata(root).is_ok_and(|md| md.is_dir());
-        halt::at_start(root.clone(), root_is_dir)?;
+        halt::at_start(root, root_is_dir)?;
         let mut work = Pending {
             dirs: batch.dirs.clone(),
             subtrees: batch.subtrees.clone(),
@@ -232,7 +232,7 @@ impl Run<'_> {
                     })?;
                     if job.dir.is_root() {
                         // The target's side is checked once it answered.
-                        halt::at_root_listing(root.clone(), listing.as_deref(), None, false)?;
+                        halt::at_root_listing(&root, listing.as_deref(), None, false)?;
                     }
                     items.push(CompareItem::Dir {
                         dir: job.dir.clone(),
@@ -303,7 +303,7 @@ impl Run<'_> {
                         CompareResult::Listing(target) => {
                             if job.dir.is_root() {
                                 halt::at_root_listing(
-                                    root.clone(),
+                                    &root,
                                     Some(&source),
                                     Some(target),
                                     self.opts.delete,
@@ -602,7 +602,7 @@ impl Run<'_> {
         if root_level {
             let listing = list_local(&self.set.source, &RelPath::root(), &self.set.excludes)
                 .map_err(|e| Stop::Unreachable(format!("reading source root: {e}")))?;
-            halt::before_root_deletes(self.set.source.clone(), listing.as_deref())?;
+            halt::before_root_deletes(&self.set.source, listing.as_deref())?;
         }
         for path in std::mem::take(&mut self.deletes) {
             self.push(FileOp::Delete { path }).await?;

@@ -4,7 +4,7 @@
 
 use crate::entry::Entry;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Why a batch was halted: the source root, and what was seen of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,12 +51,12 @@ impl fmt::Display for Halt {
 }
 
 /// What is known of the source root when a batch starts.
-pub fn at_start(source: PathBuf, root_is_dir: bool) -> Result<(), Halt> {
+pub fn at_start(source: &Path, root_is_dir: bool) -> Result<(), Halt> {
     if root_is_dir {
         Ok(())
     } else {
         Err(Halt {
-            source,
+            source: source.to_path_buf(),
             kind: HaltKind::Missing,
         })
     }
@@ -65,7 +65,7 @@ pub fn at_start(source: PathBuf, root_is_dir: bool) -> Result<(), Halt> {
 /// The root's listing (None: it is gone) against the target's, before anything
 /// of the root is planned.
 pub fn at_root_listing(
-    source: PathBuf,
+    source: &Path,
     listing: Option<&[Entry]>,
     target: Option<&[Entry]>,
     deletes: bool,
@@ -79,15 +79,18 @@ pub fn at_root_listing(
         }
         _ => return Ok(()),
     };
-    Err(Halt { source, kind })
+    Err(Halt {
+        source: source.to_path_buf(),
+        kind,
+    })
 }
 
 /// Deletions at the top level are sent only while the root still has content.
-pub fn before_root_deletes(source: PathBuf, listing: Option<&[Entry]>) -> Result<(), Halt> {
+pub fn before_root_deletes(source: &Path, listing: Option<&[Entry]>) -> Result<(), Halt> {
     match listing {
         Some(entries) if !entries.is_empty() => Ok(()),
         _ => Err(Halt {
-            source,
+            source: source.to_path_buf(),
             kind: HaltKind::BecameEmpty,
         }),
     }
@@ -118,9 +121,9 @@ mod tests {
 
     #[test]
     fn a_missing_root_halts_before_anything_is_compared() {
-        assert_eq!(at_start(root(), true), Ok(()));
+        assert_eq!(at_start(&root(), true), Ok(()));
         assert_eq!(
-            at_start(root(), false),
+            at_start(&root(), false),
             Err(Halt {
                 source: root(),
                 kind: HaltKind::Missing
@@ -132,7 +135,7 @@ mod tests {
     fn an_empty_root_halts_only_when_it_would_empty_a_full_mirror() {
         let target = vec![file("a"), file("b")];
         assert_eq!(
-            at_root_listing(root(), Some(&[]), Some(&target), true),
+            at_root_listing(&root(), Some(&[]), Some(&target), true),
             Err(Halt {
                 source: root(),
                 kind: HaltKind::EmptyWhileTargetFull { target_entries: 2 }
@@ -140,14 +143,14 @@ mod tests {
         );
         // Without deletion nothing on the target is at risk.
         assert_eq!(
-            at_root_listing(root(), Some(&[]), Some(&target), false),
+            at_root_listing(&root(), Some(&[]), Some(&target), false),
             Ok(())
         );
         // An empty mirror of an empty source, or a digest that matched.
-        assert_eq!(at_root_listing(root(), Some(&[]), Some(&[]), true), Ok(()));
-        assert_eq!(at_root_listing(root(), Some(&[]), None, true), Ok(()));
+        assert_eq!(at_root_listing(&root(), Some(&[]), Some(&[]), true), Ok(()));
+        assert_eq!(at_root_listing(&root(), Some(&[]), None, true), Ok(()));
         assert_eq!(
-            at_root_listing(root(), None, None, true),
+            at_root_listing(&root(), None, None, true),
             Err(Halt {
                 source: root(),
                 kind: HaltKind::Disappeared
@@ -157,10 +160,10 @@ mod tests {
 
     #[test]
     fn root_deletes_wait_for_a_root_with_content() {
-        assert_eq!(before_root_deletes(root(), Some(&[file("a")])), Ok(()));
+        assert_eq!(before_root_deletes(&root(), Some(&[file("a")])), Ok(()));
         for gone in [None, Some(&[][..])] {
             assert_eq!(
-                before_root_deletes(root(), gone),
+                before_root_deletes(&root(), gone),
                 Err(Halt {
                     source: root(),
                     kind: HaltKind::BecameEmpty
