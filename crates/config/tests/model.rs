@@ -236,7 +236,7 @@ interface = "eth0"
             lease: Duration::from_millis(800),
             renew_interval: Duration::from_millis(200),
             max_clock_drift: 0.01,
-            heartbeat_interval: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_millis(200),
             election_timeout_min: Duration::from_millis(300),
             election_timeout_max: Duration::from_millis(600),
         }

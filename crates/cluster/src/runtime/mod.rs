@@ -39,7 +39,7 @@ use uphold_proto::rpc::RpcClient;
 /// The engine asks to be woken at its next deadline (renewal, lease margin,
 /// another owner's lease expiry); between deadlines it still wakes this often to
 /// re-check slower conditions. Deadline-driven wakeups keep an idle member cheap.
-const MAX_IDLE_MS: Millis = 250;
+const MAX_IDLE_MS: Millis = 500;
 /// How long a clean shutdown may take to hand groups over before exiting anyway.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
 /// The node's guard lock in the state directory (see `uphold_os::guard`).
