@@ -9,8 +9,11 @@ use crate::validate::{argv, duration, Ctx};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// A password file holds one password; anything larger is a wrong path.
+const MAX_PASSWORD_FILE_BYTES: usize = 64 * 1024;
 
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub(crate) const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -1160,7 +1163,7 @@ fn mysql_check(ctx: &mut Ctx<'_>, p: &KeyPath, who: &str, c: &CheckFile) -> Opti
             None
         }
         (Some(pw), None) => Some(pw.clone()),
-        (None, Some(file)) => match std::fs::read_to_string(file) {
+        (None, Some(file)) => match crate::read_bounded(Path::new(file), MAX_PASSWORD_FILE_BYTES) {
             Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_string()),
             Err(e) => {
                 ctx.error(

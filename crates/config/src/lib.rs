@@ -28,24 +28,60 @@ pub struct Loaded {
     pub warnings: Vec<ConfigWarning>,
 }
 
+/// Largest config file accepted. A real cluster's config is a few KiB; the cap
+/// keeps a runaway generator (or `/dev/zero`) from taking gigabytes of memory and
+/// minutes of parsing in the daemon that holds the cluster.
+pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+
 /// Reads, parses and validates the file at `path`. Errors are labelled with `path`
 /// as given.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let label = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_str(&text, &label),
-        Err(e) => Err(ConfigError {
-            file: label,
+    let whole_file_error = |message: String| -> ConfigErrors {
+        ConfigError {
+            file: label.clone(),
             line: None,
             key: String::new(),
-            message: format!("cannot read config file: {e}"),
+            message,
         }
-        .into()),
+        .into()
+    };
+    let text = read_bounded(path, MAX_CONFIG_BYTES)
+        .map_err(|e| whole_file_error(format!("cannot read config file: {e}")))?;
+    parse_str(&text, &label)
+}
+
+/// The file's text, refused when it holds more than `limit` bytes; never reads
+/// more than `limit + 1`.
+pub(crate) fn read_bounded(path: &Path, limit: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(limit as u64 + 1)
+        .read_to_string(&mut text)?;
+    if text.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than the limit of {limit} bytes"),
+        ));
     }
+    Ok(text)
 }
 
 /// Parses and validates `text`; `file_label` names it in messages.
 pub fn parse_str(text: &str, file_label: &str) -> Result<Loaded, ConfigErrors> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError {
+            file: file_label.to_string(),
+            line: None,
+            key: String::new(),
+            message: format!(
+                "config is {} bytes, larger than the limit of {MAX_CONFIG_BYTES} bytes",
+                text.len()
+            ),
+        }
+        .into());
+    }
     let loc = Locator::new(text);
     let file: FileConfig = match toml::from_str(text) {
         Ok(file) => file,

@@ -346,6 +346,36 @@ fn unreadable_file_names_the_path() {
 }
 
 #[test]
+fn an_oversized_config_is_refused_before_it_is_parsed() {
+    // A 50 MB array once took 8.6 GB of memory and 30 s to parse.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("uphold.toml");
+    let mut huge = String::from("[cluster]\nname = \"shop\"\nx = [");
+    while huge.len() <= uphold_config::MAX_CONFIG_BYTES {
+        huge.push_str("1111111111,");
+    }
+    huge.push_str("1]\n");
+    std::fs::write(&path, &huge).unwrap();
+    let started = std::time::Instant::now();
+    let shown = uphold_config::load(&path).unwrap_err().to_string();
+    assert!(
+        shown.contains("cannot read config file: larger than the limit of 4194304 bytes"),
+        "{shown}"
+    );
+    let shown = parse_str(&huge, "big.toml").unwrap_err().to_string();
+    assert!(
+        shown.contains("larger than the limit of 4194304 bytes"),
+        "{shown}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // A device that never ends is refused as well, after reading just past the cap.
+    let shown = uphold_config::load(std::path::Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(shown.contains("larger than the limit"), "{shown}");
+}
+
+#[test]
 fn missing_ip_and_exec_keys_are_listed() {
     let with_holes = TEMPLATE
         .replace("{cluster}", "name = \"shop\"")

@@ -30,6 +30,8 @@ pub enum ApplyError {
     Basis(#[source] io::Error),
     #[error("apply: writing output: {0}")]
     Output(#[source] io::Error),
+    #[error("apply: op {op}: would write past the announced length of {limit} bytes")]
+    PastLength { op: u64, limit: u64 },
     #[error("apply: rebuilt {actual} bytes, sender had {expected}")]
     LengthMismatch { expected: u64, actual: u64 },
     #[error("apply: rebuilt file hash {actual} differs from sender's {expected}")]
@@ -56,6 +58,8 @@ pub struct Applier<B, W> {
     basis_pos: Option<u64>,
     hasher: blake3::Hasher,
     written: u64,
+    /// No op may take the output past this many bytes.
+    length_limit: u64,
     ops: u64,
     buf: Vec<u8>,
     stats: DeltaStats,
@@ -92,10 +96,29 @@ impl<B: Read + Seek, W: Write> Applier<B, W> {
             basis_pos: None,
             hasher: blake3::Hasher::new(),
             written: 0,
+            length_limit: u64::MAX,
             ops: 0,
             buf: Vec::new(),
             stats: DeltaStats::default(),
         })
+    }
+
+    /// Refuses, before writing, any op that would take the output past `limit`
+    /// bytes: the length the sender announced. Without it, copies of basis blocks
+    /// could grow the output far beyond the file being rebuilt (a disk fill).
+    pub fn with_length_limit(mut self, limit: u64) -> Self {
+        self.length_limit = limit;
+        self
+    }
+
+    fn check_length(&self, op: u64, adding: u64) -> Result<(), ApplyError> {
+        match self.written.checked_add(adding) {
+            Some(total) if total <= self.length_limit => Ok(()),
+            _ => Err(ApplyError::PastLength {
+                op,
+                limit: self.length_limit,
+            }),
+        }
     }
 
     /// An applier using the geometry of `sig`.
@@ -123,6 +146,7 @@ impl<B: Read + Seek, W: Write> Applier<B, W> {
                         len: data.len(),
                     });
                 }
+                self.check_length(n, data.len() as u64)?;
                 self.out.write_all(data).map_err(ApplyError::Output)?;
                 self.hasher.update(data);
                 self.written += data.len() as u64;
@@ -143,6 +167,7 @@ impl<B: Read + Seek, W: Write> Applier<B, W> {
                 // In range, so these cannot overflow: block_index + count <= blocks.
                 let start = block_index * self.block_size;
                 let end = ((block_index + count) * self.block_size).min(self.basis_len);
+                self.check_length(n, end.saturating_sub(start))?;
                 if self.basis_pos != Some(start) {
                     self.basis_pos = None;
                     self.basis
@@ -223,7 +248,7 @@ where
     I: IntoIterator,
     I::Item: std::borrow::Borrow<Op>,
 {
-    let mut applier = Applier::for_signature(basis, sig, out)?;
+    let mut applier = Applier::for_signature(basis, sig, out)?.with_length_limit(expected.len);
     for op in ops {
         applier.apply_op(std::borrow::Borrow::borrow(&op))?;
     }

@@ -433,6 +433,32 @@ fn apply_rejects_bad_ops_and_wrong_results() {
         "{e}"
     );
 
+    // Copies past the announced length are refused before anything is written:
+    // a sender announcing 100 bytes cannot grow the output by copying blocks.
+    let mut out = Vec::new();
+    let mut applier = uphold_delta::Applier::for_signature(Cursor::new(&basis[..]), &sig, &mut out)
+        .unwrap()
+        .with_length_limit(100);
+    let copy = Op::Copy {
+        block_index: 0,
+        count: 1,
+    };
+    applier.apply_op(&copy).unwrap();
+    let e = applier.apply_op(&copy).unwrap_err();
+    assert!(
+        matches!(e, ApplyError::PastLength { op: 1, limit: 100 }),
+        "{e}"
+    );
+    let e = applier.apply_op(&Op::Literal(b"x".to_vec())).unwrap_err();
+    assert!(
+        matches!(e, ApplyError::PastLength { op: 2, limit: 100 }),
+        "{e}"
+    );
+    drop(applier);
+    assert_eq!(out.len(), 100);
+    let e = run(vec![Op::Literal(b"abcde".to_vec())], end(b"abcd")).unwrap_err();
+    assert!(matches!(e, ApplyError::PastLength { limit: 4, .. }), "{e}");
+
     // The basis shrank after the signature was taken.
     let e = apply(
         Cursor::new(&basis[..950]),

@@ -36,6 +36,12 @@ fn own(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+fn moved(name: &OsStr) -> io::Error {
+    io::Error::other(format!(
+        "directory {name:?} was moved while it was being removed; removal stopped"
+    ))
+}
+
 fn single_name(name: &OsStr) -> io::Result<&OsStr> {
     let mut comps = Path::new(name).components();
     match (comps.next(), comps.next()) {
@@ -169,24 +175,98 @@ impl DirFd {
     }
 
     /// Removes an entry of any kind; a directory with everything below it.
+    ///
+    /// The walk is iterative and holds one directory open at a time, whatever the
+    /// depth: a tree built deeper than any stack (renames can nest directories past
+    /// PATH_MAX) is removed like any other, never aborting the daemon. Going back up
+    /// reopens `..` and checks it is the directory the walk came down from, so a
+    /// directory moved away meanwhile ends the walk with an error instead of
+    /// removing something else.
     pub fn remove_all(&self, name: &OsStr) -> io::Result<()> {
         let name = single_name(name)?;
-        match self.stat(name)? {
-            None => Ok(()),
-            Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-                let sub = self.open_subdir(Path::new(name))?;
-                for (child, _) in sub.list()? {
-                    sub.remove_all(&child)?;
-                }
-                drop(sub);
-                Ok(nix::unistd::unlinkat(
-                    self.raw(),
-                    name,
-                    UnlinkatFlags::RemoveDir,
-                )?)
-            }
-            Some(_) => self.unlink(name),
+        let Some(st) = self.stat(name)? else {
+            return Ok(());
+        };
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return self.unlink(name);
         }
+        /// One directory on the way down: its name in its parent, its identity and
+        /// the subdirectories still to remove below it.
+        struct Level {
+            name: OsString,
+            id: (u64, u64),
+            subdirs: Vec<OsString>,
+        }
+        let identity = |st: &FileStat| (st.st_dev, st.st_ino);
+        let top_id = identity(&self.stat_self()?);
+        let mut current = self.open_subdir(Path::new(name))?;
+        let mut path: Vec<Level> = Vec::new();
+        let mut entering = Some((name.to_os_string(), identity(&st)));
+        loop {
+            if let Some((name, id)) = entering.take() {
+                if identity(&current.stat_self()?) != id {
+                    return Err(moved(&name));
+                }
+                let subdirs = current.empty_but_subdirs()?;
+                path.push(Level { name, id, subdirs });
+            }
+            let level = path.last_mut().expect("the walk is inside a directory");
+            if let Some(child) = level.subdirs.pop() {
+                match current.stat(&child)? {
+                    Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                        current = current.open_subdir(Path::new(&child))?;
+                        entering = Some((child, identity(&st)));
+                    }
+                    Some(_) => current.unlink(&child)?,
+                    None => {}
+                }
+                continue;
+            }
+            let done = path.pop().expect("the walk is inside a directory");
+            let parent_id = path.last().map_or(top_id, |l| l.id);
+            let parent = DirFd(own(nix::fcntl::openat(
+                current.raw(),
+                "..",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?));
+            if identity(&parent.stat_self()?) != parent_id {
+                return Err(moved(&done.name));
+            }
+            nix::unistd::unlinkat(
+                parent.raw(),
+                done.name.as_os_str(),
+                UnlinkatFlags::RemoveDir,
+            )?;
+            if path.is_empty() {
+                return Ok(());
+            }
+            current = parent;
+        }
+    }
+
+    /// Unlinks every entry of this directory that is not a directory and returns
+    /// the names of the subdirectories.
+    fn empty_but_subdirs(&self) -> io::Result<Vec<OsString>> {
+        let mut subdirs = Vec::new();
+        for (child, kind) in self.list()? {
+            let is_dir = match kind {
+                EntryKind::Dir => true,
+                EntryKind::Unknown => self
+                    .stat(&child)?
+                    .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR),
+                _ => false,
+            };
+            if is_dir {
+                subdirs.push(child);
+            } else {
+                match self.unlink(&child) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    other => other?,
+                }
+            }
+        }
+        Ok(subdirs)
     }
 
     pub fn mkdir(&self, name: &OsStr, mode: u32) -> io::Result<()> {
@@ -293,5 +373,43 @@ mod tests {
         dir.remove_all(OsStr::new("t")).unwrap();
         assert!(!root.path().join("t").exists());
         assert!(outside.path().join("keep").exists());
+    }
+
+    #[test]
+    fn remove_all_removes_a_tree_deeper_than_any_stack_on_a_small_stack() {
+        let root = tempfile::tempdir().unwrap();
+        uphold_testkit::trees::deep_tree(root.path(), "t", 20_000);
+        let dir = DirFd::open_root(root.path()).unwrap();
+        // 64 KiB of stack: a recursive walk would overflow it within a few
+        // hundred levels.
+        let removed = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || dir.remove_all(OsStr::new("t")))
+            .unwrap()
+            .join()
+            .expect("the walk must not overflow its stack");
+        removed.unwrap();
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn remove_all_removes_wide_trees_and_every_kind_of_entry() {
+        let root = tempfile::tempdir().unwrap();
+        for i in 0..50 {
+            let sub = root.path().join(format!("t/{i}/x/y"));
+            std::fs::create_dir_all(&sub).unwrap();
+            std::fs::write(sub.join("f"), b"x").unwrap();
+            std::fs::write(root.path().join(format!("t/{i}/g")), b"x").unwrap();
+        }
+        nix::unistd::mkfifo(&root.path().join("t/fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        std::fs::write(root.path().join("keep"), b"x").unwrap();
+        let dir = DirFd::open_root(root.path()).unwrap();
+        dir.remove_all(OsStr::new("t")).unwrap();
+        assert!(!root.path().join("t").exists());
+        assert!(root.path().join("keep").exists());
+        // Removing what is not there is not an error; a plain file is unlinked.
+        dir.remove_all(OsStr::new("t")).unwrap();
+        dir.remove_all(OsStr::new("keep")).unwrap();
+        assert!(!root.path().join("keep").exists());
     }
 }

@@ -641,6 +641,76 @@ async fn silent_clients_are_dropped_after_the_handshake_deadline() {
     server.stop().await;
 }
 
+/// A TCP connection to `to` made from the loopback address `from`.
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unauthenticated_connections_never_locks_a_member_out() {
+    // Once, 512 idle connections from 32 loopback addresses took every slot and a
+    // member's handshake was refused. Now addresses that are not the members' are
+    // closed before TLS, and handshakes have their own allowance.
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let members = ["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()];
+    let server_options = EndpointOptions {
+        admitted_sources: Some(members.to_vec()),
+        ..EndpointOptions::default()
+    };
+    let server = Server::start(
+        endpoint(dir.path(), "a", &["b"], server_options),
+        Arc::default(),
+    )
+    .await;
+    let client_options = EndpointOptions {
+        source_ip: Some(members[1]),
+        ..EndpointOptions::default()
+    };
+    let client = RpcClient::new(endpoint(dir.path(), "b", &["a"], client_options));
+
+    let mut stranger = connect_from("127.0.5.5", server.addr).await;
+    assert_closed_by_server(&mut stranger, Duration::from_millis(500)).await;
+
+    let target = server.addr;
+    let flood = tokio::spawn(async move {
+        let mut held = std::collections::VecDeque::new();
+        for i in 0..10_000u32 {
+            let from = format!("127.0.{}.{}", 1 + (i / 250) % 50, 1 + i % 250);
+            held.push_back(connect_from(&from, target).await);
+            if held.len() > 500 {
+                held.pop_front();
+            }
+        }
+        held
+    });
+    let mut calls = 0u32;
+    while !flood.is_finished() {
+        // Every call is a fresh handshake: the member is never refused.
+        client.disconnect(&name("a")).await;
+        let started = Instant::now();
+        assert_eq!(echo(&client, "a", server.addr, b"x").await.unwrap(), b"b:x");
+        // Slowed by the flood's CPU on a loaded test machine, never refused: a
+        // member locked out would wait for the handshake deadline and fail.
+        let limit = EndpointOptions::default().handshake_timeout;
+        assert!(started.elapsed() < limit, "{:?}", started.elapsed());
+        calls += 1;
+    }
+    let mut held = flood.await.unwrap();
+    assert!(
+        calls >= 3,
+        "the member called only {calls} times during the flood"
+    );
+    for stream in held.iter_mut().rev().take(20) {
+        assert_closed_by_server(stream, Duration::from_millis(500)).await;
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_address_gives_a_connect_error_within_the_timeout() {
     let (_dir, _server_ctx, client_ctx) = setup();

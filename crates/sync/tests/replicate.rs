@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use uphold_sync::engine::batcher::Outcome;
 use uphold_sync::engine::pending::Pending;
 use uphold_sync::path::RelPath;
+use uphold_sync::transport::{CallError, Transport};
 
 fn rp(s: &str) -> RelPath {
     RelPath::new(s.as_bytes().to_vec()).unwrap()
@@ -124,6 +125,82 @@ fn an_emptied_or_missing_source_halts_instead_of_deleting() {
         ));
         assert!(pair.target.join("precious").exists());
     });
+}
+
+#[test]
+fn a_tree_deeper_than_any_stack_is_deleted_through_the_receiver() {
+    // Renames can nest directories on a target past PATH_MAX; deleting such a tree
+    // once overflowed the daemon's stack and aborted it (Raft, VIPs and all).
+    let pair = Pair::new();
+    std::fs::write(pair.source.join("kept"), b"x").unwrap();
+    uphold_testkit::trees::deep_tree(&pair.target, "deep", 100_000);
+    rt().block_on(pair.sync_all());
+    assert!(!pair.target.join("deep").exists());
+    assert_eq!(std::fs::read(pair.target.join("kept")).unwrap(), b"x");
+}
+
+#[test]
+fn a_delta_may_not_write_past_its_announced_size() {
+    use uphold_sync::entry::Meta;
+    use uphold_sync::protocol::{DeltaBasis, Request, Response};
+    // A peer announces a 100-byte file as a delta against a 1 MiB basis and then
+    // sends copies of the whole basis: each chunk once grew the temporary file by
+    // up to 16 GB. The first copy past 100 bytes is refused and nothing beyond the
+    // announced size is ever on the disk.
+    let pair = Pair::new();
+    let basis_len: u64 = 1024 * 1024;
+    std::fs::write(pair.target.join("big"), vec![7u8; basis_len as usize]).unwrap();
+    let block_size = 4096u32;
+    let runtime = rt();
+    let call = |request| runtime.block_on(pair.transport.call(request));
+    let id = match call(Request::Begin {
+        set: "www".into(),
+        path: rp("big"),
+        meta: Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_s: 0,
+            mtime_ns: 0,
+        },
+        size: 100,
+        delta: Some(DeltaBasis {
+            block_size,
+            basis_len,
+        }),
+    }) {
+        Ok(Response::Begun { id }) => id,
+        other => panic!("begin: {other:?}"),
+    };
+    let mut data = Vec::new();
+    let blocks = basis_len / u64::from(block_size);
+    for _ in 0..64 {
+        uphold_delta::wire::write_op(
+            &mut data,
+            &uphold_delta::Op::Copy {
+                block_index: 0,
+                count: blocks,
+            },
+        )
+        .unwrap();
+    }
+    let refused = match call(Request::Chunk { id, data }) {
+        Err(CallError::Refused(why)) => why,
+        other => panic!("the chunk was not refused: {other:?}"),
+    };
+    assert!(
+        refused.contains("would write past the announced length of 100 bytes"),
+        "{refused}"
+    );
+    let temp_bytes: u64 = temp_files(&pair.target)
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    assert!(temp_bytes <= 100, "{temp_bytes} temporary bytes on disk");
+    assert_eq!(
+        std::fs::metadata(pair.target.join("big")).unwrap().len(),
+        basis_len
+    );
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! ([`netns::Lab`]), in-namespace measurement ([`probe`]), the HA
 //! implementations the lab can run ([`deploy`]), the failover scenarios
 //! ([`scenario`]) and the stress scenarios ([`stress`]) with the host loads they
-//! apply ([`pressure`]), shared by the end-to-end tests and `bench/failover`.
+//! apply ([`pressure`]), shared by the end-to-end tests and `bench/failover`;
+//! hostile directory trees ([`trees`]) for the file-handling tests.
 
 pub mod child;
 pub mod deploy;
@@ -13,6 +14,7 @@ pub mod probe;
 pub mod procstat;
 pub mod scenario;
 pub mod stress;
+pub mod trees;
 
 /// Whether a root-only test can run here. Returns false (after printing why)
 /// when not root and CI is unset; panics when CI=true, because CI must run it.

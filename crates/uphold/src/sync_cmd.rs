@@ -98,19 +98,13 @@ pub fn once(args: SyncOnceArgs) -> ExitCode {
         Ok(ex) => ex,
         Err(e) => return usage(e),
     };
-    let identity =
-        match uphold_proto::tls::TlsIdentity::load(&cluster.tls_dir_for(&me.name), &me.name) {
-            Ok(id) => id,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-    let endpoint = Arc::new(uphold_proto::rpc::Endpoint::new(
-        identity,
-        cluster.name.clone(),
-        uphold_proto::handshake::AllowedPeers::set(cluster.members.iter().map(|m| m.name.clone())),
-    ));
+    let endpoint = match crate::run::members::endpoint(&cluster, &me) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

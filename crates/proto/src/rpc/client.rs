@@ -214,7 +214,7 @@ impl RpcClient {
             phase,
             after: started.elapsed(),
         };
-        let tcp = timeout_at(deadline, TcpStream::connect(addr))
+        let tcp = timeout_at(deadline, dial(addr, self.ctx.options.source_ip))
             .await
             .map_err(|_| timed_out("connecting"))?
             .map_err(|e| RpcError::Connect {
@@ -276,5 +276,26 @@ pub(super) fn connect_error(peer: &NodeName, addr: SocketAddr, e: ProtoError) ->
             addr,
             reason: other.to_string(),
         },
+    }
+}
+
+/// Connects to `addr` from `source` when one is given and can be bound here (the
+/// peers admit only the members' addresses); otherwise from whatever address the
+/// kernel picks.
+async fn dial(addr: SocketAddr, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source.filter(|s| s.is_ipv4() == addr.is_ipv4()) else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    match socket.bind(SocketAddr::new(source, 0)) {
+        Ok(()) => socket.connect(addr).await,
+        Err(e) => {
+            tracing::debug!(%source, error = %e, "cannot connect from the member address; letting the kernel choose");
+            TcpStream::connect(addr).await
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! One member's side of the links: its identity, the peers it admits, its limits,
 //! and how requests are routed to the services that answer them.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,18 @@ pub struct EndpointOptions {
     pub max_connections_per_ip: usize,
     /// Inbound connections at once, in total.
     pub max_connections: usize,
+    /// Inbound connections still in TLS or the Hello at once, in total and from one
+    /// address: an allowance of their own, so connections that never authenticate
+    /// (a port scan, a flood) cannot take the slots members need.
+    pub max_handshaking: usize,
+    pub max_handshaking_per_ip: usize,
+    /// The only source addresses accepted (the members'); any other connection is
+    /// closed at accept, before TLS. `None` accepts every address.
+    pub admitted_sources: Option<Vec<IpAddr>>,
+    /// Client side: the address outbound connections are made from (this member's
+    /// own), so that the peers' `admitted_sources` recognise them. When it cannot
+    /// be bound here, the kernel picks.
+    pub source_ip: Option<IpAddr>,
     /// Protocol versions we speak; only tests and future versions change these.
     pub protocol_min: u16,
     pub protocol_max: u16,
@@ -39,10 +52,14 @@ impl Default for EndpointOptions {
     fn default() -> Self {
         EndpointOptions {
             max_frame_bytes: MAX_FRAME_BYTES,
-            handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(3),
             max_in_flight_per_connection: 64,
             max_connections_per_ip: 16,
             max_connections: 512,
+            max_handshaking: 32,
+            max_handshaking_per_ip: 4,
+            admitted_sources: None,
+            source_ip: None,
             protocol_min: PROTOCOL_VERSION,
             protocol_max: PROTOCOL_VERSION,
             presume_dead_after: Duration::from_secs(2),

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -24,6 +25,13 @@ use crate::handshake::{handshake, HandshakeParams, Negotiated};
 
 /// Accepts and serves connections until `shutdown` completes, then closes every connection
 /// and returns once they are all gone.
+///
+/// Before a peer has authenticated it costs little and holds little: a source address
+/// that is not a member's is closed at accept, and connections still in TLS or the
+/// Hello count against their own small allowance (`max_handshaking`, per address and in
+/// total) with a short deadline. Authenticated members count against
+/// `max_connections`, which those never reach. Refusals are logged as counts, at most
+/// one line per [`REFUSAL_LOG_INTERVAL`].
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<Endpoint>,
@@ -31,7 +39,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let cancel = CancellationToken::new();
-    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let slots = Arc::new(Slots {
+        handshaking: SlotTable::new(
+            ctx.options.max_handshaking,
+            ctx.options.max_handshaking_per_ip,
+        ),
+        established: SlotTable::new(
+            ctx.options.max_connections,
+            ctx.options.max_connections_per_ip,
+        ),
+        refusals: Mutex::new(RefusalLog::default()),
+    });
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -40,17 +58,18 @@ pub async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((tcp, addr)) => {
-                    if conns.len() >= ctx.options.max_connections {
-                        tracing::warn!(peer = %addr, limit = ctx.options.max_connections,
-                            "refusing connection: too many connections");
-                        continue;
+                    let ip = addr.ip().to_canonical();
+                    if let Some(admitted) = &ctx.options.admitted_sources {
+                        if !admitted.contains(&ip) {
+                            slots.refused(addr, "not a member's address");
+                            continue;
+                        }
                     }
-                    let Some(slot) = IpSlot::acquire(&per_ip, addr.ip(), ctx.options.max_connections_per_ip) else {
-                        tracing::warn!(peer = %addr, limit = ctx.options.max_connections_per_ip,
-                            "refusing connection: too many connections from this address");
+                    let Some(slot) = slots.handshaking.acquire(ip) else {
+                        slots.refused(addr, "too many connections handshaking");
                         continue;
                     };
-                    conns.spawn(serve_connection(tcp, addr, ctx.clone(), handler.clone(), cancel.clone(), slot));
+                    conns.spawn(serve_connection(tcp, addr, ctx.clone(), handler.clone(), cancel.clone(), slots.clone(), slot));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -63,34 +82,95 @@ pub async fn serve(
     while conns.join_next().await.is_some() {}
 }
 
-/// Counts a connection against its source address until dropped.
-pub(super) struct IpSlot {
-    pub(super) map: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    pub(super) ip: IpAddr,
+/// Refusals of unauthenticated connections are summed and logged this often at most:
+/// a flood must not become a flood of log lines.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+pub(super) struct Slots {
+    handshaking: Arc<SlotTable>,
+    established: Arc<SlotTable>,
+    refusals: Mutex<RefusalLog>,
 }
 
-impl IpSlot {
-    fn acquire(map: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, limit: usize) -> Option<Self> {
-        let mut counts = map.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= limit {
+impl Slots {
+    fn refused(&self, addr: SocketAddr, why: &str) {
+        let mut log = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        log.refused(addr, why, std::time::Instant::now());
+    }
+}
+
+/// Refusals since the last line logged.
+#[derive(Default)]
+struct RefusalLog {
+    last_logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, addr: SocketAddr, why: &str, now: std::time::Instant) {
+        self.unlogged += 1;
+        let due = self
+            .last_logged
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL);
+        if due {
+            tracing::warn!(peer = %addr, reason = why, refused = self.unlogged,
+                "refusing unauthenticated connections (count since the last such line)");
+            self.last_logged = Some(now);
+            self.unlogged = 0;
+        }
+    }
+}
+
+/// Connections counted per source address and in total.
+pub(super) struct SlotTable {
+    counts: Mutex<(HashMap<IpAddr, usize>, usize)>,
+    total_limit: usize,
+    per_ip_limit: usize,
+}
+
+impl SlotTable {
+    fn new(total_limit: usize, per_ip_limit: usize) -> Arc<Self> {
+        Arc::new(SlotTable {
+            counts: Mutex::default(),
+            total_limit,
+            per_ip_limit,
+        })
+    }
+
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut guard = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let (per_ip, total) = &mut *guard;
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.per_ip_limit || *total >= self.total_limit {
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
             return None;
         }
         *count += 1;
+        *total += 1;
         Some(IpSlot {
-            map: map.clone(),
+            table: self.clone(),
             ip,
         })
     }
 }
 
+/// One connection counted against its source address until dropped.
+pub(super) struct IpSlot {
+    table: Arc<SlotTable>,
+    ip: IpAddr,
+}
+
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut counts = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
+        let mut guard = self.table.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let (per_ip, total) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(count) = per_ip.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.ip);
+                per_ip.remove(&self.ip);
             }
         }
     }
@@ -102,7 +182,8 @@ pub(super) async fn serve_connection(
     ctx: Arc<Endpoint>,
     handler: Arc<dyn RpcHandler>,
     cancel: CancellationToken,
-    _slot: IpSlot,
+    slots: Arc<Slots>,
+    handshaking: IpSlot,
 ) {
     tune_socket(&tcp, addr);
     let deadline = Instant::now() + ctx.options.handshake_timeout;
@@ -110,20 +191,28 @@ pub(super) async fn serve_connection(
         _ = cancel.cancelled() => return,
         r = establish_inbound(tcp, addr, &ctx, deadline) => r,
     };
+    drop(handshaking);
     let (mut io, negotiated) = match established {
         Ok(ok) => ok,
         Err(e) => {
-            // The handshake already logged its own refusals.
+            // The handshake already logged its own refusals of members.
             if !matches!(
                 e,
                 ProtoError::Handshake { .. } | ProtoError::RefusedByPeer { .. }
             ) {
-                tracing::warn!(peer = %addr, error = %e, "refused connection");
+                slots.refused(addr, &e.to_string());
             }
             return;
         }
     };
     let member = negotiated.peer;
+    let Some(_slot) = slots.established.acquire(addr.ip().to_canonical()) else {
+        tracing::warn!(peer = %addr, %member, limit_total = ctx.options.max_connections,
+            limit_per_address = ctx.options.max_connections_per_ip,
+            "closing a member's connection: too many connections");
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::<Bytes>::close(&mut io)).await;
+        return;
+    };
     tracing::debug!(peer = %addr, %member, version = negotiated.version, "connection established");
     match serve_requests(&mut io, &member, addr, &ctx, handler, &cancel).await {
         Ok(()) => tracing::debug!(peer = %addr, %member, "connection closed"),

@@ -343,6 +343,7 @@ impl Receiver {
                     .map_err(|e| format!("{path}: opening basis: {e}"));
                 let applier = opened.and_then(|basis_file| {
                     Applier::new(basis_file, basis.block_size, basis.basis_len, out)
+                        .map(|a| a.with_length_limit(size))
                         .map_err(|e| format!("{path}: {e}"))
                 });
                 match applier {

@@ -80,8 +80,10 @@ pub(super) async fn members_daemon(
     result
 }
 
-/// This member's side of the mutual-TLS links, admitting the configured members.
-fn endpoint(
+/// This member's side of the mutual-TLS links, admitting the configured members:
+/// their certificates, and connections only from their addresses (anything else is
+/// closed before TLS). It connects from its own address, which the others admit.
+pub(crate) fn endpoint(
     cluster: &uphold_config::ClusterConfig,
     me: &uphold_config::Member,
 ) -> anyhow::Result<Arc<uphold_proto::rpc::Endpoint>> {
@@ -91,11 +93,24 @@ fn endpoint(
     })?;
     let allowed =
         uphold_proto::handshake::AllowedPeers::set(cluster.members.iter().map(|m| m.name.clone()));
-    Ok(Arc::new(uphold_proto::rpc::Endpoint::new(
-        identity,
-        cluster.name.clone(),
-        allowed,
-    )))
+    let mut admitted: Vec<std::net::IpAddr> = cluster
+        .members
+        .iter()
+        .flat_map(|m| [m.address.ip(), m.listen.ip()])
+        .filter(|ip| !ip.is_unspecified())
+        .map(|ip| ip.to_canonical())
+        .collect();
+    admitted.sort();
+    admitted.dedup();
+    let options = uphold_proto::rpc::EndpointOptions {
+        admitted_sources: Some(admitted),
+        source_ip: Some(me.address.ip()).filter(|ip| !ip.is_unspecified()),
+        ..Default::default()
+    };
+    Ok(Arc::new(
+        uphold_proto::rpc::Endpoint::new(identity, cluster.name.clone(), allowed)
+            .with_options(options),
+    ))
 }
 
 /// File sync, when sets are configured: the receiver answers on the members'

@@ -2,7 +2,7 @@
 //! present in the config and the local API, and handle signals.
 
 mod api;
-mod members;
+pub(crate) mod members;
 mod protection;
 
 use crate::check::print_config_errors;
