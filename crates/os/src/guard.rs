@@ -111,6 +111,10 @@ extern "C" fn on_sigterm(_signal: libc::c_int) {
 /// daemon died without its pipe reaching EOF (another process holding the
 /// write end).
 const PARENT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// The same check while the guard holds nothing: there is nothing to undo, so
+/// it only bounds how long a guard outlives its daemon; checking rarely keeps an
+/// idle member's guard asleep.
+const PARENT_CHECK_IDLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A longer line is not a message the daemon sends; it is skipped.
 const MAX_LINE_BYTES: u64 = 4 * 1024 * 1024;
@@ -765,7 +769,7 @@ pub fn run_guard(input: impl Read + Send + 'static) -> Result<(), OsError> {
         let wait = match guard.next_deadline_ms() {
             Some(until) => Duration::from_millis(until.saturating_sub(monotonic_now_ms()))
                 .min(PARENT_CHECK_INTERVAL),
-            None => PARENT_CHECK_INTERVAL,
+            None => PARENT_CHECK_IDLE_INTERVAL,
         };
         match rx.recv_timeout(wait) {
             Ok(Input::Message(GuardMessage::Shutdown)) => {
