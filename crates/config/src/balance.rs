@@ -29,12 +29,14 @@ pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 pub(crate) const DEFAULT_QUEUE: u32 = 1_000;
 pub(crate) const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub(crate) const MAX_WEIGHT: u32 = 256;
+pub(crate) const DEFAULT_BALANCER_ADMIN_SOCKET: &str = "/run/uphold/admin.sock";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BalancerFile {
     pub threads: Option<i64>,
     pub api: Option<String>,
+    pub admin_socket: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,12 +123,16 @@ pub struct BalancerSettings {
     pub threads: Option<usize>,
     /// The local API of a file without `[cluster]` (with one, each member's `api`).
     pub api: SocketAddr,
+    /// The admin socket of a file without `[cluster]` (with one, `admin.sock` in
+    /// the member's state directory).
+    pub admin_socket: PathBuf,
 }
 
 impl Default for BalancerSettings {
     fn default() -> Self {
         BalancerSettings {
             threads: None,
+            admin_socket: PathBuf::from(DEFAULT_BALANCER_ADMIN_SOCKET),
             api: crate::validate::DEFAULT_API
                 .parse()
                 .expect("default API address"),
@@ -357,7 +363,7 @@ pub(crate) fn validate_balancer(ctx: &mut Ctx<'_>, file: Option<BalancerFile>) -
             Ok(_) => {
                 ctx.error(
                     &path.key("api"),
-                    format!("[balancer] api {text:?} is not a loopback address; the API has no authentication yet, so it listens on 127.0.0.0/8 or ::1 only"),
+                    format!("[balancer] api {text:?} is not a loopback address; the HTTP API is read-only and unauthenticated, so it listens on 127.0.0.0/8 or ::1 only"),
                 );
                 BalancerSettings::default().api
             }
@@ -370,7 +376,23 @@ pub(crate) fn validate_balancer(ctx: &mut Ctx<'_>, file: Option<BalancerFile>) -
             }
         },
     };
-    BalancerSettings { threads, api }
+    let admin_socket = match &file.admin_socket {
+        None => PathBuf::from(DEFAULT_BALANCER_ADMIN_SOCKET),
+        Some(text) => {
+            if let Err(why) = crate::validate::admin_socket_path(Path::new(text)) {
+                ctx.error(
+                    &path.key("admin_socket"),
+                    format!("[balancer] admin_socket {text:?}: {why}"),
+                );
+            }
+            PathBuf::from(text)
+        }
+    };
+    BalancerSettings {
+        threads,
+        api,
+        admin_socket,
+    }
 }
 
 pub(crate) fn validate_balance(

@@ -53,6 +53,9 @@ pub struct Timing {
     pub election_timeout_max: Duration,
 }
 
+/// The admin socket's name in a member's state directory.
+pub const ADMIN_SOCKET_NAME: &str = "admin.sock";
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterConfig {
     pub name: String,
@@ -155,6 +158,11 @@ impl ClusterConfig {
     }
     pub fn state_dir_for(&self, node: &NodeName) -> PathBuf {
         PathBuf::from(self.state_dir.replace("{node}", node.as_str()))
+    }
+    /// The member's admin socket: operator commands (`uphold balance drain`, …)
+    /// are accepted only there, from root and the `uphold` group.
+    pub fn admin_socket_for(&self, node: &NodeName) -> PathBuf {
+        self.state_dir_for(node).join(ADMIN_SOCKET_NAME)
     }
     pub fn tls_dir_for(&self, node: &NodeName) -> PathBuf {
         PathBuf::from(self.tls_dir.replace("{node}", node.as_str()))

@@ -14,6 +14,7 @@ use crate::model::{
 };
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 use uphold_core::{ExecResource, GroupName, IpResource, NodeId, NodeName, ResourceSpec};
 
@@ -1067,4 +1068,22 @@ fn validate_exec(
         timeout: timeout?,
         failures_before_move: failures?,
     }))
+}
+
+/// Longest path a Unix socket address holds (`sun_path`, less its NUL).
+const MAX_SOCKET_PATH_BYTES: usize = 107;
+
+/// Whether `path` can name the admin socket: absolute, and short enough for a
+/// Unix socket address.
+pub(crate) fn admin_socket_path(path: &Path) -> Result<(), String> {
+    if !path.is_absolute() {
+        return Err("must be an absolute path".to_string());
+    }
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH_BYTES {
+        return Err(format!(
+            "is {len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH_BYTES}"
+        ));
+    }
+    Ok(())
 }

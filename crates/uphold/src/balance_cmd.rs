@@ -30,20 +30,21 @@ fn send(select: &NodeSelect, verb: &str, body: &str) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let (who, api) = match crate::status::local_api(&loaded.config, select.node.as_deref()) {
-        Ok(pair) => pair,
-        Err(e) => {
-            eprintln!("error: {}: {e}", select.config.display());
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    match crate::status::http_request(api, "POST", &format!("/v1/balance/{verb}"), body) {
+    let (who, _, socket) =
+        match crate::status::local_endpoints(&loaded.config, select.node.as_deref()) {
+            Ok(pair) => pair,
+            Err(e) => {
+                eprintln!("error: {}: {e}", select.config.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+    match crate::status::admin_request(&socket, "POST", &format!("/v1/balance/{verb}"), body) {
         Ok(answer) => {
             print!("{}", String::from_utf8_lossy(&answer));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {who} at {api}: {e}");
+            eprintln!("error: {who}: {e}");
             ExitCode::FAILURE
         }
     }

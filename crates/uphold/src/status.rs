@@ -61,12 +61,28 @@ pub fn local_api(
     config: &uphold_config::Config,
     node: Option<&str>,
 ) -> Result<(String, SocketAddr), String> {
+    local_endpoints(config, node).map(|(who, api, _)| (who, api))
+}
+
+/// Who the local daemon is, its read-only API and its admin socket.
+pub fn local_endpoints(
+    config: &uphold_config::Config,
+    node: Option<&str>,
+) -> Result<(String, SocketAddr, std::path::PathBuf), String> {
     match &config.cluster {
         Some(cluster) => {
             let me = uphold_config::select_member(cluster, node).map_err(|e| e.to_string())?;
-            Ok((me.name.to_string(), me.api))
+            Ok((
+                me.name.to_string(),
+                me.api,
+                cluster.admin_socket_for(&me.name),
+            ))
         }
-        None if !config.balance.is_empty() => Ok(("the balancer".to_string(), config.balancer.api)),
+        None if !config.balance.is_empty() => Ok((
+            "the balancer".to_string(),
+            config.balancer.api,
+            config.balancer.admin_socket.clone(),
+        )),
         None => Err("no [cluster] and no [[balance]] section".to_string()),
     }
 }
@@ -124,19 +140,50 @@ pub fn http_request(
     path: &str,
     body: &str,
 ) -> Result<Vec<u8>, String> {
-    let timeout = Duration::from_secs(3);
-    let mut stream = TcpStream::connect_timeout(&api, timeout)
+    let stream = TcpStream::connect_timeout(&api, API_TIMEOUT)
         .map_err(|e| format!("is `uphold run` running? ({e})"))?;
     stream
-        .set_read_timeout(Some(timeout))
+        .set_read_timeout(Some(API_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(API_TIMEOUT)))
         .map_err(|e| e.to_string())?;
+    exchange(stream, &api.to_string(), method, path, body)
+}
+
+/// One command to the daemon's admin socket (root and the `uphold` group).
+pub fn admin_request(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<Vec<u8>, String> {
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            "commands need root or the uphold group"
+        } else {
+            "is `uphold run` running?"
+        };
+        format!("admin socket {}: {e} ({hint})", socket.display())
+    })?;
     stream
-        .set_write_timeout(Some(timeout))
+        .set_read_timeout(Some(API_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(API_TIMEOUT)))
         .map_err(|e| e.to_string())?;
+    exchange(stream, "localhost", method, path, body)
+}
+
+const API_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn exchange(
+    mut stream: impl Read + Write,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<Vec<u8>, String> {
     // One write: a request split over several segments can be half-read by a
     // simple server, which then resets the connection.
     let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {api}\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream

@@ -100,9 +100,10 @@ fn get(port: u16) -> String {
     Client::connect(port).get().unwrap()
 }
 
-fn config(api: u16, port: u16, servers: &[(&str, u16)]) -> String {
+fn config(api: u16, admin: &std::path::Path, port: u16, servers: &[(&str, u16)]) -> String {
+    let admin = admin.display();
     let mut text = format!(
-        "[balancer]\nthreads = 1\napi = \"127.0.0.1:{api}\"\n\n[[balance]]\nname = \"web\"\nlisten = \"127.0.0.1:{port}\"\nmode = \"http\"\n[balance.check]\ntype = \"http\"\ninterval = \"100ms\"\n"
+        "[balancer]\nthreads = 1\napi = \"127.0.0.1:{api}\"\nadmin_socket = \"{admin}\"\n\n[[balance]]\nname = \"web\"\nlisten = \"127.0.0.1:{port}\"\nmode = \"http\"\n[balance.check]\ntype = \"http\"\ninterval = \"100ms\"\n"
     );
     for (name, p) in servers {
         text.push_str(&format!(
@@ -133,7 +134,8 @@ fn balancer_only_daemon_reloads_drains_and_reports() {
     let (api, port) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("uphold.toml");
-    std::fs::write(&path, config(api, port, &[("a", a)])).unwrap();
+    let admin = dir.path().join("admin.sock");
+    std::fs::write(&path, config(api, &admin, port, &[("a", a)])).unwrap();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
     let daemon = KilledOnDrop(
         uphold()
@@ -153,7 +155,7 @@ fn balancer_only_daemon_reloads_drains_and_reports() {
     // A client keeps its connection through the reload.
     let mut kept = Client::connect(port);
     assert_eq!(kept.get().unwrap(), "a");
-    std::fs::write(&path, config(api, port, &[("a", a), ("b", b)])).unwrap();
+    std::fs::write(&path, config(api, &admin, port, &[("a", a), ("b", b)])).unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.0.id() as i32),
         nix::sys::signal::Signal::SIGHUP,

@@ -5,7 +5,7 @@
 //! never see a partially written version.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uphold_testkit::child::{run_ok, KilledOnDrop};
-use uphold_testkit::loopback::{free_port, wait_for};
+use uphold_testkit::loopback::{free_port, status, wait_for};
 
 fn uphold() -> Command {
     Command::new(env!("CARGO_BIN_EXE_uphold"))
@@ -235,20 +235,6 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
 
 fn identical(a: &Path, b: &Path) -> bool {
     tree(a) == tree(b)
-}
-
-fn status(api: u16) -> serde_json::Value {
-    let mut s = match TcpStream::connect(("127.0.0.1", api)) {
-        Ok(s) => s,
-        Err(_) => return serde_json::Value::Null,
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.write_all(b"GET /v1/status HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.split_once("\r\n\r\n")
-        .and_then(|(_, body)| serde_json::from_str(body).ok())
-        .unwrap_or(serde_json::Value::Null)
 }
 
 fn target_state(api: u16) -> Option<String> {

@@ -82,9 +82,11 @@ pub async fn serve(
     while conns.join_next().await.is_some() {}
 }
 
-/// Refusals of unauthenticated connections are summed and logged this often at most:
-/// a flood must not become a flood of log lines.
+/// Refusals of unauthenticated connections are logged one line each up to
+/// [`REFUSAL_LINES_PER_INTERVAL`] per interval, then counted: a flood must not
+/// become a flood of log lines, and a refused member is still visible at once.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub const REFUSAL_LINES_PER_INTERVAL: u32 = 5;
 
 pub(super) struct Slots {
     handshaking: Arc<SlotTable>,
@@ -95,29 +97,41 @@ pub(super) struct Slots {
 impl Slots {
     fn refused(&self, addr: SocketAddr, why: &str) {
         let mut log = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        log.refused(addr, why, std::time::Instant::now());
+        if let Some(suppressed) = log.refused(std::time::Instant::now()) {
+            if suppressed > 0 {
+                tracing::warn!(peer = %addr, reason = why, not_logged_before = suppressed,
+                    "refused connection ({suppressed} more were refused without a line in the last interval)");
+            } else {
+                tracing::warn!(peer = %addr, reason = why, "refused connection");
+            }
+        }
     }
 }
 
-/// Refusals since the last line logged.
+/// How many refusals were logged in the current interval, and how many not.
 #[derive(Default)]
 struct RefusalLog {
-    last_logged: Option<std::time::Instant>,
-    unlogged: u64,
+    interval_start: Option<std::time::Instant>,
+    lines: u32,
+    suppressed: u64,
 }
 
 impl RefusalLog {
-    fn refused(&mut self, addr: SocketAddr, why: &str, now: std::time::Instant) {
-        self.unlogged += 1;
-        let due = self
-            .last_logged
+    /// Whether to log this refusal: `Some(refusals not logged before it)`.
+    fn refused(&mut self, now: std::time::Instant) -> Option<u64> {
+        let new_interval = self
+            .interval_start
             .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL);
-        if due {
-            tracing::warn!(peer = %addr, reason = why, refused = self.unlogged,
-                "refusing unauthenticated connections (count since the last such line)");
-            self.last_logged = Some(now);
-            self.unlogged = 0;
+        if new_interval {
+            self.interval_start = Some(now);
+            self.lines = 0;
         }
+        if self.lines >= REFUSAL_LINES_PER_INTERVAL {
+            self.suppressed += 1;
+            return None;
+        }
+        self.lines += 1;
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -337,5 +351,33 @@ pub(super) fn encode_response(
             frame::encode(&Frame::Response { id, result }, "RPC response", max_frame)
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_a_few_lines_per_interval_then_counted() {
+        let mut log = RefusalLog::default();
+        let start = std::time::Instant::now();
+        let logged: Vec<Option<u64>> = (0..8).map(|_| log.refused(start)).collect();
+        assert_eq!(
+            logged,
+            vec![
+                Some(0),
+                Some(0),
+                Some(0),
+                Some(0),
+                Some(0),
+                None,
+                None,
+                None
+            ]
+        );
+        let later = start + REFUSAL_LOG_INTERVAL;
+        assert_eq!(log.refused(later), Some(3));
+        assert_eq!(log.refused(later), Some(0));
     }
 }

@@ -72,15 +72,18 @@ pub(super) fn metrics_fn(roles: Roles) -> uphold_web::MetricsFn {
     })
 }
 
-/// The local API for `roles`, until shutdown.
+/// The local API for `roles` (read-only on `listen`, commands on
+/// `admin_socket`), until shutdown.
 pub(super) fn spawn(
     listen: std::net::SocketAddr,
+    admin_socket: std::path::PathBuf,
     roles: Roles,
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let actions = balance_actions(roles.balance.clone());
     spawn_api(
         listen,
+        admin_socket,
         status_fn(roles.clone()),
         metrics_fn(roles),
         actions,
@@ -91,6 +94,7 @@ pub(super) fn spawn(
 /// The local API, until shutdown.
 fn spawn_api(
     listen: std::net::SocketAddr,
+    admin_socket: std::path::PathBuf,
     status: uphold_web::StatusFn,
     metrics: uphold_web::MetricsFn,
     actions: Option<uphold_web::ActionFn>,
@@ -100,8 +104,16 @@ fn spawn_api(
         let stop = async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         };
-        if let Err(e) = uphold_web::serve_with_actions(listen, status, metrics, actions, stop).await
-        {
+        let served = uphold_web::serve_with_actions(
+            listen,
+            Some(&admin_socket),
+            status,
+            metrics,
+            actions,
+            stop,
+        )
+        .await;
+        if let Err(e) = served {
             error!("API: {e:#}");
         }
     })

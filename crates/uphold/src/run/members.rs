@@ -44,7 +44,12 @@ pub(super) async fn members_daemon(
         sync: sync_handle.clone(),
         balance: balance.clone(),
     };
-    let api = api::spawn(me.api, roles, shutdown_rx.clone());
+    let api = api::spawn(
+        me.api,
+        cluster.admin_socket_for(&me.name),
+        roles,
+        shutdown_rx.clone(),
+    );
 
     let (cluster_reload_tx, cluster_reload_rx) = mpsc::unbounded_channel();
     spawn_reloads(

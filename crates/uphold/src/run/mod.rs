@@ -163,7 +163,12 @@ async fn balance_only(
         balance: balance.clone(),
         ..api::Roles::default()
     };
-    let api = api::spawn(api_listen, roles, shutdown_rx.clone());
+    let api = api::spawn(
+        api_listen,
+        config.balancer.admin_socket.clone(),
+        roles,
+        shutdown_rx.clone(),
+    );
     info!(api = %api_listen, "uphold starting (balancer only)");
     loop {
         tokio::select! {
