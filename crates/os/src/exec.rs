@@ -1,7 +1,8 @@
-//! Running user commands (resource start/stop/monitor) from an argv, never
-//! through a shell: each in its own process group, bounded by a timeout after
-//! which the whole group is killed, with the tail of its output kept for
-//! messages.
+//! Running user commands (resource start/stop/monitor, health checks) from an
+//! argv, never through a shell: each in its own process group, bounded by a
+//! timeout after which the whole group is killed, with the tail of its output
+//! kept for messages, and with a minimal environment ([`COMMAND_PATH`], the
+//! locale and time zone, and the caller's variables), not the daemon's.
 //!
 //! A `start` command may daemonize, leaving a long-running grandchild that still
 //! holds our output pipe. So completion means "the direct child exited", not
@@ -206,8 +207,30 @@ fn drain_available(receiver: &pipe::Receiver, tail: &mut Tail) -> bool {
     false
 }
 
-/// Runs `argv` (`argv[0]` is the program path or a name looked up in PATH) with
-/// `env` added to the inherited environment and stdin from /dev/null. Returns
+/// `PATH` of every command: the daemon's own (whatever shell or unit started
+/// it) is not passed on.
+pub const COMMAND_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Taken from the daemon's environment when set: what a command needs to speak
+/// the operator's language and find its home, nothing that configures uphold.
+const PASSED_THROUGH: &[&str] = &["HOME", "LANG", "LC_ALL", "TZ"];
+
+/// The whole environment of a command given `extra` variables.
+fn command_environment(
+    extra: &[(String, String)],
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut env = vec![("PATH".into(), COMMAND_PATH.into())];
+    for name in PASSED_THROUGH {
+        if let Some(value) = std::env::var_os(name) {
+            env.push(((*name).into(), value));
+        }
+    }
+    env.extend(extra.iter().map(|(k, v)| (k.into(), v.into())));
+    env
+}
+
+/// Runs `argv` (`argv[0]` is the program path or a name looked up in
+/// [`COMMAND_PATH`]) with a minimal environment plus `env`, and stdin from
+/// /dev/null. Returns
 /// when the direct child exits, or after `timeout` with [`ExecStatus::TimedOut`]
 /// once its process group has been killed. Dropping the returned future before
 /// it completes kills the process group too.
@@ -251,7 +274,8 @@ pub async fn run_watched(
         let mut command = Command::new(program);
         command
             .args(&argv[1..])
-            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env_clear()
+            .envs(command_environment(env))
             .stdin(Stdio::null())
             .stdout(writer)
             .stderr(writer_for_stderr)
@@ -419,17 +443,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn environment_is_added() {
+    async fn the_environment_is_minimal_plus_the_callers_variables() {
+        // The test harness's environment (CARGO_*, RUST_*, ...) stands for the
+        // daemon's: none of it may reach a command.
+        assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
         let env = vec![("UPHOLD_TEST_VALUE".to_string(), "hello".to_string())];
-        let out = run(
-            &sh("echo \"$UPHOLD_TEST_VALUE\"; echo \"$PATH\" | grep -q /"),
-            LONG,
-            &env,
-        )
-        .await
-        .unwrap();
+        let out = run(&argv(&["env"]), LONG, &env).await.unwrap();
         assert!(out.success(), "{}", out.summary());
-        assert_eq!(out.output, "hello\n");
+        let mut names: Vec<&str> = out
+            .output
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .collect();
+        names.sort();
+        let mut expected = vec!["PATH", "UPHOLD_TEST_VALUE"];
+        expected.extend(
+            PASSED_THROUGH
+                .iter()
+                .filter(|n| std::env::var_os(n).is_some()),
+        );
+        expected.sort();
+        assert_eq!(names, expected, "{}", out.output);
+        assert!(out.output.contains(&format!("PATH={COMMAND_PATH}\n")));
+        assert!(out.output.contains("UPHOLD_TEST_VALUE=hello\n"));
     }
 
     #[tokio::test]

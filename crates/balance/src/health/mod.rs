@@ -146,7 +146,7 @@ impl CheckTask {
                 Err(e) => (false, e),
             },
             CheckKind::Exec { command } => {
-                probes::exec(command, self.server.name(), self.addr).await
+                probes::exec(command, self.server.name(), self.addr, self.check.timeout).await
             }
             CheckKind::Mysql {
                 user,
