@@ -228,15 +228,18 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ProtoError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
+    // An unpredictable name, created exclusively and never through a symlink: a
+    // file or link planted in the directory can neither receive the key nor
+    // redirect it.
+    let tmp = path.with_file_name(format!(".{file_name}.tmp{:016x}", rand::random::<u64>()));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| ProtoError::io("create", &tmp, e))?;
     let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| ProtoError::io("create", &tmp, e))?;
         file.write_all(data)
             .and_then(|()| file.sync_all())
             .map_err(|e| ProtoError::io("write", &tmp, e))?;
@@ -287,6 +290,35 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("ca-key.pem")).unwrap(), before);
         init_ca(dir.path(), "prod", true).unwrap();
         assert_ne!(fs::read(dir.path().join("ca-key.pem")).unwrap(), before);
+    }
+
+    #[test]
+    fn a_symlink_planted_for_a_key_never_receives_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let bait = elsewhere.path().join("stolen");
+        init_ca(dir.path(), "prod", false).unwrap();
+        std::os::unix::fs::symlink(&bait, dir.path().join("alpha-key.pem")).unwrap();
+        // Where a temporary file named after the process id would have gone.
+        let predictable = format!(".alpha-key.pem.tmp{}", std::process::id());
+        std::os::unix::fs::symlink(&bait, dir.path().join(&predictable)).unwrap();
+        issue_member_cert(dir.path(), "prod", &name("alpha")).unwrap();
+        assert!(!bait.exists(), "the key was written through the symlink");
+        let key = dir.path().join("alpha-key.pem");
+        assert!(fs::symlink_metadata(&key).unwrap().is_file());
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name().to_string_lossy().contains(".tmp")
+                    && e.file_name() != predictable.as_str()
+            })
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]
