@@ -164,6 +164,14 @@ async fn forward(
     started: Instant,
 ) -> Response<ResponseBody> {
     let cfg = &frontend.config;
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    let has_authority = req.uri().authority().is_some();
+    if let Err(bad) =
+        crate::engine::request::check(req.method(), req.version(), hosts, has_authority)
+    {
+        let status = StatusCode::from_u16(bad.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        return error_response(status, &bad.reason());
+    }
     if crate::upgrade::is_upgrade(&req) {
         let forwarded = cfg.forwarded_for.then(|| {
             let xff = ctx

@@ -361,6 +361,56 @@ async fn malformed_and_slow_clients_get_their_error_and_others_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_requests_and_tunnels_are_refused_before_any_server() {
+    let (a, b) = (Backend::http("a").await, Backend::http("b").await);
+    let port = free_port();
+    let lb = start(&two_server_config(port, &a, &b, ""));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until("up", Duration::from_secs(5), || {
+        server_health(&lb, "web", "a") == "up" && server_health(&lb, "web", "b") == "up"
+    })
+    .await;
+    let before = a.requests.load(SeqCst) + b.requests.load(SeqCst);
+    for (request, status) in [
+        (
+            "GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+            "400",
+        ),
+        ("GET / HTTP/1.1\r\n\r\n", "400"),
+        (
+            "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n",
+            "405",
+        ),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&head);
+        assert_eq!(head, format!("HTTP/1.1 {status}"), "{request:?}");
+    }
+    // HTTP/1.0 without a Host is still served.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    let after = a.requests.load(SeqCst) + b.requests.load(SeqCst);
+    assert_eq!(after - before, 1, "a refused request reached a server");
+    lb.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_servers_queue_requests_and_a_full_queue_answers_503() {
     let a = Backend::http("a").await;
     let port = free_port();
