@@ -283,7 +283,10 @@ address = "{}"
     let st = lb.status();
     let s = &st.frontends[0].servers[0];
     assert!(
-        s.last_check.as_deref().unwrap().contains("exited with code 1"),
+        s.last_check
+            .as_deref()
+            .unwrap()
+            .contains("exited with code 1"),
         "{:?}",
         s.last_check
     );

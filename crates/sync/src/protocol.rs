@@ -172,3 +172,39 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| format!("malformed sync message: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// A peer's bytes, whatever they are, decode to a message or to an error:
+        /// never a panic, never an allocation the input does not pay for.
+        #[test]
+        fn random_bytes_never_panic_the_message_decoders(
+            data in proptest::collection::vec(any::<u8>(), 0..1024),
+        ) {
+            let _ = decode::<Request>(&data);
+            let _ = decode::<Response>(&data);
+        }
+
+        /// Valid messages with one byte changed decode or fail cleanly too.
+        #[test]
+        fn a_changed_byte_in_a_valid_request_never_panics(at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let request = Request::Begin {
+                set: "www".into(),
+                path: RelPath::new(b"a/b".to_vec()).unwrap(),
+                meta: Meta { mode: 0o644, uid: 1, gid: 2, mtime_s: 3, mtime_ns: 4 },
+                size: 100,
+                delta: Some(DeltaBasis { block_size: 4096, basis_len: 8192 }),
+            };
+            let mut bytes = encode(&request).unwrap();
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+            let _ = decode::<Request>(&bytes);
+        }
+    }
+}
