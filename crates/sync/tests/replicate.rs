@@ -204,6 +204,32 @@ fn a_delta_may_not_write_past_its_announced_size() {
 }
 
 #[test]
+fn a_transfer_that_would_fill_the_target_filesystem_waits() {
+    use uphold_sync::entry::Meta;
+    use uphold_sync::protocol::Request;
+    let pair = Pair::new();
+    let begin = Request::Begin {
+        set: "www".into(),
+        path: rp("huge"),
+        meta: Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_s: 0,
+            mtime_ns: 0,
+        },
+        size: u64::MAX / 4,
+        delta: None,
+    };
+    let refused = match rt().block_on(pair.transport.call(begin)) {
+        Err(CallError::Refused(why)) => why,
+        other => panic!("a transfer larger than the disk began: {other:?}"),
+    };
+    assert!(refused.contains("bytes free"), "{refused}");
+    assert!(temp_files(&pair.target).is_empty());
+}
+
+#[test]
 fn excluded_entries_are_neither_sent_nor_deleted() {
     let pair = Pair::with_excludes(vec!["*.tmp".into(), "/cache/".into()]);
     std::fs::create_dir_all(pair.source.join("cache")).unwrap();

@@ -29,6 +29,20 @@ pub enum Refusal {
         open: usize,
         limit: usize,
     },
+    /// The set's open streams would announce more than its temporary budget.
+    TempBudget {
+        set: String,
+        reserved: u64,
+        size: u64,
+        budget: u64,
+    },
+    /// The target filesystem would keep less than the floor free.
+    NoSpace {
+        set: String,
+        available: u64,
+        size: u64,
+        floor: u64,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -53,6 +67,26 @@ impl fmt::Display for Refusal {
                     "{peer} already has {open} transfers open (limit {limit})"
                 )
             }
+            Refusal::TempBudget {
+                set,
+                reserved,
+                size,
+                budget,
+            } => write!(
+                f,
+                "sync set {set:?}: a {size}-byte transfer would take the open transfers past \
+                 their budget of {budget} bytes ({reserved} already announced); it waits"
+            ),
+            Refusal::NoSpace {
+                set,
+                available,
+                size,
+                floor,
+            } => write!(
+                f,
+                "sync set {set:?}: the target filesystem has {available} bytes free, not enough \
+                 for {size} bytes while keeping {floor} bytes free; transfers wait until there is room"
+            ),
         }
     }
 }

@@ -78,6 +78,9 @@ mod transfer;
 
 pub use access::Refusal;
 
+/// How often the daemon asks the receiver to abandon idle streams.
+pub const EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
 use files::{
     compare, delete, finish_put, mkdir, open_parent, open_root, rename, set_meta_at, symlink,
     temp_name,
@@ -255,10 +258,16 @@ impl Receiver {
                 ))
             }
         }
-        match map.insert(id, TransferSlot::Busy { peer: peer.clone() }) {
-            Some(TransferSlot::Idle(t)) => Ok(t),
-            _ => Err(format!("transfer {id} vanished")),
-        }
+        let Some(TransferSlot::Idle(t)) = map.remove(&id) else {
+            return Err(format!("transfer {id} vanished"));
+        };
+        let busy = TransferSlot::Busy {
+            peer: peer.clone(),
+            set: t.set.config.name.to_string(),
+            size: t.size,
+        };
+        map.insert(id, busy);
+        Ok(t)
     }
 
     fn put_back(&self, id: u64, mut t: Box<Transfer>, keep: bool) {
@@ -312,11 +321,17 @@ impl Receiver {
                 .values()
                 .filter(|slot| match slot {
                     TransferSlot::Idle(t) => &t.peer == peer,
-                    TransferSlot::Busy { peer: p } => p == peer,
+                    TransferSlot::Busy { peer: p, .. } => p == peer,
                 })
                 .count();
             limits::may_begin(peer, open)?;
+            let set_name = set.config.name.as_str();
+            let reserved = map.values().map(|slot| slot.reserved_in(set_name)).sum();
+            limits::may_reserve(set_name, reserved, size)?;
         }
+        let available = free_bytes(&set.config.target)
+            .map_err(|e| format!("{}: free space: {e}", set.config.target.display()))?;
+        limits::leaves_room(set.config.name.as_str(), available, size)?;
         let (dir, name) = open_parent(root, &path)?;
         let temp = temp_name(&name);
         let file = dir
@@ -375,7 +390,10 @@ impl Receiver {
         Ok(Response::Begun { id })
     }
 
-    fn expire_idle(&self) {
+    /// Abandons streams idle past [`limits::TRANSFER_IDLE`] and removes their
+    /// temporary files. Runs at every Begin, and every [`EXPIRY_CHECK`] from the
+    /// daemon, so a dead sender's temporary data does not wait for the next one.
+    pub fn expire_idle(&self) {
         let mut map = self.transfers.lock().unwrap_or_else(|e| e.into_inner());
         let stale: Vec<u64> = map
             .iter()
@@ -631,6 +649,12 @@ struct PutJob {
     path: RelPath,
     meta: Meta,
     data: Vec<u8>,
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path)?;
+    Ok(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 /// A file written under a temporary name, waiting to be renamed into place.

@@ -27,7 +27,21 @@ pub(super) enum TransferSlot {
     /// Taken by a request being processed.
     Busy {
         peer: NodeName,
+        /// Its set and announced size, which count against the set's budget.
+        set: String,
+        size: u64,
     },
+}
+
+impl TransferSlot {
+    /// Bytes this stream announced, when it belongs to `set`.
+    pub(super) fn reserved_in(&self, set: &str) -> u64 {
+        match self {
+            TransferSlot::Idle(t) if t.set.config.name.as_str() == set => t.size,
+            TransferSlot::Busy { set: s, size, .. } if s == set => *size,
+            _ => 0,
+        }
+    }
 }
 
 pub(super) struct Transfer {

@@ -141,6 +141,16 @@ fn start_sync(
         }),
         Some(cluster.state_dir_for(&me.name)),
     ));
+    let expiring = receiver.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(uphold_sync::receiver::EXPIRY_CHECK);
+        loop {
+            tick.tick().await;
+            // Unlinking waits on the disk: off the runtime's thread.
+            let receiver = expiring.clone();
+            let _ = tokio::task::spawn_blocking(move || receiver.expire_idle()).await;
+        }
+    });
     let service = uphold_sync::service::SyncService::start(
         uphold_sync::service::SyncOptions {
             me: me.name.clone(),
