@@ -28,6 +28,7 @@ pub(crate) struct SyncFile {
     pub exclude: Option<Vec<String>>,
     pub delay: Option<DurationText>,
     pub delete: Option<bool>,
+    pub preserve_privileged: Option<bool>,
     pub fsync: Option<String>,
     pub watch: Option<String>,
     pub scan_interval: Option<DurationText>,
@@ -85,6 +86,10 @@ pub struct SyncConfig {
     pub delay: Duration,
     /// Remove what is gone from the source. Default true.
     pub delete: bool,
+    /// Recreate setuid and setgid bits on the targets. Default false: a member
+    /// that sends a set must not be able to plant a setuid-root program on the
+    /// others.
+    pub preserve_privileged: bool,
     pub fsync: FsyncPolicy,
     pub watch: WatchMode,
     /// How often parts of the tree that could not be watched are scanned.
@@ -240,6 +245,7 @@ pub(crate) fn validate_sync(
                         exclude,
                         delay,
                         delete: s.delete.unwrap_or(true),
+                        preserve_privileged: s.preserve_privileged.unwrap_or(false),
                         fsync,
                         watch,
                         scan_interval,

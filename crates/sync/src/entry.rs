@@ -138,6 +138,12 @@ impl Entry {
     }
 }
 
+/// `mode` with setuid and setgid cleared: how a set that does not preserve
+/// privileged bits sends and writes it.
+pub fn without_privileged_bits(mode: u32) -> u32 {
+    mode & !0o6000
+}
+
 /// Digest of a sorted listing under the comparison rules above: equal digests mean the
 /// directory needs nothing. Truncated blake3; 128 bits leave no practical collision.
 pub fn listing_digest(entries: &[Entry], with_owner: bool) -> [u8; 16] {

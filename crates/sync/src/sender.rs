@@ -34,6 +34,20 @@ pub struct SenderSet {
     pub source: PathBuf,
     pub excludes: Excludes,
     pub delete: bool,
+    /// Send setuid and setgid bits (the set's `preserve_privileged`); otherwise
+    /// the source is compared and sent as if they were clear, as the receivers
+    /// write it.
+    pub preserve_privileged: bool,
+}
+
+impl SenderSet {
+    /// A source entry as this set sends it.
+    fn as_sent(&self, mut entry: Entry) -> Entry {
+        if !self.preserve_privileged {
+            entry.mode = crate::entry::without_privileged_bits(entry.mode);
+        }
+        entry
+    }
 }
 
 /// Running totals of one target, for status, metrics and progress bars.
@@ -227,9 +241,14 @@ impl Run<'_> {
         for job in &chunk {
             match &job.names {
                 None => {
-                    let listing = list_local(&root, &job.dir, &self.set.excludes).map_err(|e| {
-                        Stop::Unreachable(format!("reading source {}: {e}", job.dir))
-                    })?;
+                    let listing = list_local(&root, &job.dir, &self.set.excludes)
+                        .map_err(|e| Stop::Unreachable(format!("reading source {}: {e}", job.dir)))?
+                        .map(|entries| {
+                            entries
+                                .into_iter()
+                                .map(|e| self.set.as_sent(e))
+                                .collect::<Vec<_>>()
+                        });
                     if job.dir.is_root() {
                         // The target's side is checked once it answered.
                         halt::at_root_listing(&root, listing.as_deref(), None, false)?;
@@ -250,7 +269,8 @@ impl Run<'_> {
                         let path = job.dir.join(name);
                         let entry = stat_local(&root, &path)
                             .map_err(|e| Stop::Unreachable(format!("reading source {path}: {e}")))?
-                            .filter(|e| !self.set.excludes.covers(&path, e.kind == Kind::Dir));
+                            .filter(|e| !self.set.excludes.covers(&path, e.kind == Kind::Dir))
+                            .map(|e| self.set.as_sent(e));
                         entries.push(entry);
                     }
                     items.push(CompareItem::Names {
@@ -394,7 +414,7 @@ impl Run<'_> {
             chain.push(d);
         }
         for d in chain.into_iter().rev() {
-            match stat_local(&self.set.source, &d) {
+            match stat_local(&self.set.source, &d).map(|e| e.map(|e| self.set.as_sent(e))) {
                 Ok(Some(e)) if e.kind == Kind::Dir => {
                     self.push(FileOp::Mkdir {
                         path: d,

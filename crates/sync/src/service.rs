@@ -297,6 +297,7 @@ async fn send_while_sender(
         source: set.source.clone(),
         excludes: excludes.clone(),
         delete: set.delete,
+        preserve_privileged: set.preserve_privileged,
     });
     let cancel = Arc::new(AtomicBool::new(false));
     let mut targets = Vec::new();

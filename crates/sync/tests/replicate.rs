@@ -230,6 +230,60 @@ fn a_transfer_that_would_fill_the_target_filesystem_waits() {
 }
 
 #[test]
+fn setuid_and_setgid_bits_are_not_recreated_unless_the_set_preserves_them() {
+    use uphold_sync::entry::Meta;
+    use uphold_sync::protocol::{FileOp, OpResult, Request, Response};
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let pair = Pair::stripping_privileged();
+    std::fs::write(pair.source.join("tool"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        pair.source.join("tool"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    std::fs::create_dir(pair.source.join("shared")).unwrap();
+    std::fs::set_permissions(
+        pair.source.join("shared"),
+        std::fs::Permissions::from_mode(0o2775),
+    )
+    .unwrap();
+    rt().block_on(async {
+        pair.sync_all().await;
+        assert_eq!(mode(&pair.target.join("tool")), 0o755);
+        assert_eq!(mode(&pair.target.join("shared")), 0o775);
+        // The source keeps its bits, and a second pass does not try again.
+        let before = pair.wire_bytes();
+        pair.sync_all().await;
+        assert!(
+            pair.wire_bytes() - before < 2_000,
+            "{}",
+            pair.wire_bytes() - before
+        );
+        // A peer that asks for the bits directly does not get them either.
+        let setuid = Request::Apply {
+            set: "www".into(),
+            ops: vec![FileOp::SetMeta {
+                path: rp("tool"),
+                kind: uphold_sync::entry::Kind::File,
+                meta: Meta {
+                    mode: 0o6755,
+                    uid: nix::unistd::geteuid().as_raw(),
+                    gid: nix::unistd::getegid().as_raw(),
+                    mtime_s: 0,
+                    mtime_ns: 0,
+                },
+            }],
+        };
+        match pair.transport.call(setuid).await {
+            Ok(Response::Apply(results)) => assert_eq!(results, vec![OpResult::Done]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(mode(&pair.target.join("tool")), 0o755);
+    });
+    assert_eq!(mode(&pair.source.join("tool")), 0o4755);
+}
+
+#[test]
 fn excluded_entries_are_neither_sent_nor_deleted() {
     let pair = Pair::with_excludes(vec!["*.tmp".into(), "/cache/".into()]);
     std::fs::create_dir_all(pair.source.join("cache")).unwrap();

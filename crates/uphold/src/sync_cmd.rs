@@ -120,6 +120,7 @@ pub fn once(args: SyncOnceArgs) -> ExitCode {
         source: set.source_for(&me.name),
         excludes,
         delete: set.delete,
+        preserve_privileged: set.preserve_privileged,
     };
     let rpc = Arc::new(uphold_proto::rpc::RpcClient::new(endpoint));
     let mut all_ok = true;

@@ -148,6 +148,7 @@ mod tests {
             exclude: Vec::new(),
             delay: Duration::from_millis(100),
             delete: true,
+            preserve_privileged: false,
             fsync: FsyncPolicy::Batch,
             watch: WatchMode::Auto,
             scan_interval: Duration::from_secs(60),

@@ -8,6 +8,14 @@ use std::io::{self};
 use std::time::Duration;
 use uphold_os::confined::DirFd;
 
+/// What a peer may set: setuid and setgid only where the set preserves them, so
+/// a member that sends a set cannot plant a setuid-root program on the others.
+pub(super) fn restrict(meta: &mut Meta, set: &uphold_config::sync::SyncConfig) {
+    if !set.preserve_privileged {
+        meta.mode = crate::entry::without_privileged_bits(meta.mode);
+    }
+}
+
 pub(super) fn apply_meta(
     dir: &DirFd,
     name: &OsStr,

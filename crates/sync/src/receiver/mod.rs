@@ -191,9 +191,18 @@ impl Receiver {
                     .collect::<Result<Vec<_>, String>>()?;
                 Ok(Response::Compare(results))
             }
-            Request::Apply { set, ops } => {
+            Request::Apply { set, mut ops } => {
                 let set = self.set_for(peer, &set)?;
                 let root = open_root(&set.config.target)?;
+                for op in &mut ops {
+                    if let FileOp::Mkdir { meta, .. }
+                    | FileOp::Put { meta, .. }
+                    | FileOp::Symlink { meta, .. }
+                    | FileOp::SetMeta { meta, .. } = op
+                    {
+                        meta::restrict(meta, &set.config);
+                    }
+                }
                 Ok(Response::Apply(self.apply(&root, &set, ops)))
             }
             Request::Signature { set, path } => {
@@ -204,11 +213,12 @@ impl Receiver {
             Request::Begin {
                 set,
                 path,
-                meta,
+                mut meta,
                 size,
                 delta,
             } => {
                 let set = self.set_for(peer, &set)?;
+                meta::restrict(&mut meta, &set.config);
                 let root = open_root(&set.config.target)?;
                 self.begin(peer, &root, set, path, meta, size, delta)
             }

@@ -33,8 +33,12 @@ fn receiver_transport(
     target: &Path,
     exclude: &[String],
     state: &Path,
+    preserve_privileged: bool,
 ) -> LocalTransport {
-    let cfg = config(source, target, exclude.to_vec());
+    let cfg = SyncConfig {
+        preserve_privileged,
+        ..config(source, target, exclude.to_vec())
+    };
     let receiver = Arc::new(Receiver::new(
         NodeName::new("b").unwrap(),
         &[cfg],
@@ -54,6 +58,9 @@ pub fn config(source: &Path, target: &Path, exclude: Vec<String>) -> SyncConfig 
         exclude,
         delay: Duration::from_millis(20),
         delete: true,
+        // The tests check that trees arrive exactly as they are, setuid included;
+        // the default (stripping) has its own test.
+        preserve_privileged: true,
         fsync: match std::env::var("UPHOLD_TEST_FSYNC").as_deref() {
             Ok("batch") => FsyncPolicy::Batch,
             Ok("file") => FsyncPolicy::File,
@@ -102,13 +109,14 @@ impl Pair {
         let state = dir.path().join("state");
         std::fs::create_dir(&source).unwrap();
         std::fs::create_dir(&target).unwrap();
-        let transport = receiver_transport(&source, &target, &exclude, &state);
+        let transport = receiver_transport(&source, &target, &exclude, &state, true);
         Pair {
             set: SenderSet {
                 name: "www".into(),
                 source: source.clone(),
                 excludes: Excludes::new(&exclude).unwrap(),
                 delete: true,
+                preserve_privileged: true,
             },
             dir,
             source,
@@ -126,7 +134,18 @@ impl Pair {
     pub fn restart_receiver(&mut self) {
         let exclude = self.exclude.clone();
         let state = self.dir.path().join("state");
-        self.transport = receiver_transport(&self.source, &self.target, &exclude, &state);
+        let preserve = self.set.preserve_privileged;
+        self.transport = receiver_transport(&self.source, &self.target, &exclude, &state, preserve);
+    }
+
+    /// A pair whose set does not preserve setuid and setgid bits (the default of a
+    /// configured set).
+    pub fn stripping_privileged() -> Pair {
+        let mut pair = Pair::new();
+        pair.set.preserve_privileged = false;
+        let state = pair.dir.path().join("state");
+        pair.transport = receiver_transport(&pair.source, &pair.target, &[], &state, false);
+        pair
     }
 
     pub async fn send(&self, batch: Pending) -> Outcome {
