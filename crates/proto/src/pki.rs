@@ -221,6 +221,21 @@ fn create_dir(dir: &Path) -> Result<(), ProtoError> {
         .map_err(|e| ProtoError::io("create directory", dir, e))
 }
 
+/// Gives `to` a member's bundle from the CA directory `from`: the CA certificate,
+/// the member's certificate and key, never the CA key (members sign nothing).
+pub fn copy_member_bundle(from: &Path, to: &Path, member: &NodeName) -> Result<(), ProtoError> {
+    create_dir(to)?;
+    for (src, dst) in [
+        (ca_cert_path(from), ca_cert_path(to)),
+        (member_cert_path(from, member), member_cert_path(to, member)),
+        (member_key_path(from, member), member_key_path(to, member)),
+    ] {
+        let data = fs::read(&src).map_err(|e| ProtoError::io("read", &src, e))?;
+        write_atomic(&dst, &data)?;
+    }
+    Ok(())
+}
+
 /// Writes `data` to a fresh 0600 temporary file next to `path`, syncs it and renames it over
 /// `path`. Every file we write holds or accompanies secret material, so all get 0600.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ProtoError> {

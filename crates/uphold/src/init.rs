@@ -3,21 +3,23 @@
 
 use crate::cli::InitArgs;
 use crate::EXIT_CONFIG;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use uphold_core::NodeName;
 
 pub fn main(args: InitArgs) -> ExitCode {
-    let (dirs, cluster, members) = match plan(&args) {
+    let (dirs, ca_dir, cluster, members) = match plan(&args) {
         Ok(plan) => plan,
         Err(message) => {
             eprintln!("error: {message}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    // With a `{node}` template every member has its own directory holding a copy of
-    // the CA: only that layout is used by the demo and tests on one host.
-    let ca_dir = dirs[0].clone();
+    // With a `{node}` template every member has a directory of its own on this
+    // host (the demo, tests): the CA and every issued key stay in a directory
+    // of their own, and each member's gets only its bundle. Without one, one
+    // directory holds everything and the operator hands out the bundles.
+    let ca_dir = ca_dir.unwrap_or_else(|| dirs[0].clone());
     if let Err(e) = uphold_proto::pki::init_ca(&ca_dir, &cluster, args.force) {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
@@ -28,22 +30,34 @@ pub fn main(args: InitArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
         if dir != &ca_dir {
-            if let Err(e) = copy_member_files(&ca_dir, dir, member) {
+            if let Err(e) = uphold_proto::pki::copy_member_bundle(&ca_dir, dir, member) {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
         }
         println!("certificate for {member} in {}", dir.display());
     }
-    println!(
-        "cluster CA for {cluster} in {}\ncopy ca.pem and each member's <name>.pem and <name>-key.pem to that member's tls_dir; keep ca-key.pem off the members if you can",
-        ca_dir.display()
-    );
+    if dirs.iter().all(|d| d == &ca_dir) {
+        println!(
+            "cluster CA for {cluster} in {}\ncopy ca.pem and each member's <name>.pem and <name>-key.pem to that member's tls_dir; keep ca-key.pem off the members if you can",
+            ca_dir.display()
+        );
+    } else {
+        println!(
+            "cluster CA for {cluster} in {} (its key is in no member's directory)",
+            ca_dir.display()
+        );
+    }
     ExitCode::SUCCESS
 }
 
-/// Per member the directory its files go to, the cluster name, the members.
-type Plan = (Vec<PathBuf>, String, Vec<NodeName>);
+/// What `{node}` becomes in the CA's own directory: no member can have this
+/// name (member names are lowercase letters, digits and `-`).
+const CA_DIR_NODE: &str = "_ca";
+
+/// Per member the directory its files go to, the CA's own directory when the
+/// members' differ, the cluster name, the members.
+type Plan = (Vec<PathBuf>, Option<PathBuf>, String, Vec<NodeName>);
 
 fn plan(args: &InitArgs) -> Result<Plan, String> {
     if let Some(path) = &args.config {
@@ -59,7 +73,11 @@ fn plan(args: &InitArgs) -> Result<Plan, String> {
             .ok_or_else(|| format!("{} has no [cluster] section", path.display()))?;
         let members: Vec<NodeName> = cluster.members.iter().map(|m| m.name.clone()).collect();
         let dirs = members.iter().map(|m| cluster.tls_dir_for(m)).collect();
-        return Ok((dirs, cluster.name.clone(), members));
+        let ca_dir = cluster
+            .tls_dir
+            .contains("{node}")
+            .then(|| PathBuf::from(cluster.tls_dir.replace("{node}", CA_DIR_NODE)));
+        return Ok((dirs, ca_dir, cluster.name.clone(), members));
     }
     let dir = args
         .dir
@@ -78,21 +96,5 @@ fn plan(args: &InitArgs) -> Result<Plan, String> {
         .map(|m| NodeName::new(m.trim()).map_err(|e| format!("--members: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     let dirs = members.iter().map(|_| dir.clone()).collect();
-    Ok((dirs, cluster, members))
-}
-
-/// Gives a member's directory its certificate, key and the CA certificate, but
-/// not the CA key: members sign nothing.
-fn copy_member_files(from: &Path, to: &Path, member: &NodeName) -> Result<(), String> {
-    use uphold_proto::pki::{ca_cert_path, member_cert_path, member_key_path};
-    std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
-    for (src, dst) in [
-        (ca_cert_path(from), ca_cert_path(to)),
-        (member_cert_path(from, member), member_cert_path(to, member)),
-        (member_key_path(from, member), member_key_path(to, member)),
-    ] {
-        std::fs::copy(&src, &dst)
-            .map_err(|e| format!("cannot copy {} to {}: {e}", src.display(), dst.display()))?;
-    }
-    Ok(())
+    Ok((dirs, None, cluster, members))
 }

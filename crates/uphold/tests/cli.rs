@@ -221,6 +221,49 @@ fn daemon_refuses_bad_peers_with_a_clear_log_line_and_keeps_running() {
 }
 
 #[test]
+fn init_keeps_the_ca_key_and_other_members_keys_out_of_each_members_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nname = \"t\"\nstate_dir = \"{d}/{{node}}\"\ntls_dir = \"{d}/{{node}}/tls\"\n\
+             [[cluster.member]]\nname = \"a\"\naddress = \"127.0.0.1:7000\"\n\
+             [[cluster.member]]\nname = \"b\"\naddress = \"127.0.0.2:7000\"\n"
+        ),
+    )
+    .unwrap();
+    let init = uphold()
+        .args(["init", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    for (member, other) in [("a", "b"), ("b", "a")] {
+        let tls = dir.path().join(member).join("tls");
+        let mut files: Vec<String> = std::fs::read_dir(&tls)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let mut expected = vec![
+            "ca.pem".to_string(),
+            format!("{member}-key.pem"),
+            format!("{member}.pem"),
+        ];
+        expected.sort();
+        assert_eq!(files, expected, "{member} holds more than its bundle");
+        assert!(!tls.join(format!("{other}-key.pem")).exists());
+    }
+    assert!(dir.path().join("_ca/tls/ca-key.pem").exists());
+}
+
+#[test]
 fn sighup_adds_and_removes_groups_and_refuses_a_broken_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
