@@ -3,6 +3,7 @@
 //! decisions (selection, health, agent replies, MySQL verdicts, slow start) are pure,
 //! in `engine`; everything else does the I/O. `service` is what the daemon runs.
 
+pub mod clients;
 mod connect;
 pub mod engine;
 pub mod frontend;

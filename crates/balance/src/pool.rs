@@ -288,6 +288,8 @@ pub struct Pool {
     freed: Arc<Notify>,
     pub counters: Arc<FrontendCounters>,
     pub traffic: Arc<Traffic>,
+    /// Connections open per client address (`max_connections_per_client`).
+    pub clients: Arc<crate::clients::ClientSlots>,
 }
 
 /// A slot on a server, given back when dropped.
@@ -348,6 +350,7 @@ impl Pool {
             freed: previous.map(|p| p.freed.clone()).unwrap_or_default(),
             counters: previous.map(|p| p.counters.clone()).unwrap_or_default(),
             traffic: previous.map(|p| p.traffic.clone()).unwrap_or_default(),
+            clients: previous.map(|p| p.clients.clone()).unwrap_or_default(),
         }
     }
 

@@ -97,6 +97,8 @@ pub struct FrontendCounters {
     pub queue_timeouts: AtomicU64,
     /// Refused at `max_connections`.
     pub over_limit: AtomicU64,
+    /// Refused at `max_connections_per_client`.
+    pub over_client_limit: AtomicU64,
     /// Malformed or too-slow client requests.
     pub bad_requests: AtomicU64,
     /// Waiting for a server slot now.

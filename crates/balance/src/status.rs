@@ -54,6 +54,8 @@ pub struct FrontendStatus {
     pub queued: u64,
     pub queue_timeouts: u64,
     pub over_limit: u64,
+    #[serde(default)]
+    pub over_client_limit: u64,
     pub bad_requests: u64,
     pub servers: Vec<ServerStatus>,
 }
@@ -200,6 +202,7 @@ pub fn frontend(fe: &Frontend) -> FrontendStatus {
         queued: p.counters.queued.load(Relaxed),
         queue_timeouts: p.counters.queue_timeouts.load(Relaxed),
         over_limit: p.counters.over_limit.load(Relaxed),
+        over_client_limit: p.counters.over_client_limit.load(Relaxed),
         bad_requests: p.counters.bad_requests.load(Relaxed),
         servers: p.servers.iter().map(|s| server(s, fe)).collect(),
     }

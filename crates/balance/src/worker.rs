@@ -129,16 +129,29 @@ async fn accept_loop(
             frontend.pool.counters.over_limit.fetch_add(1, Relaxed);
             continue;
         }
+        let limit = frontend.config.max_connections_per_client;
+        let Some(client) = frontend.pool.clients.acquire(peer.ip(), limit) else {
+            // Closed at once: the address already holds its share.
+            frontend
+                .pool
+                .counters
+                .over_client_limit
+                .fetch_add(1, Relaxed);
+            continue;
+        };
         // The listener's own address; for a wildcard listener the real local
         // address is looked up only where it is needed (PROXY protocol).
         let local = listen_addr;
         traffic.connections.fetch_add(1, Relaxed);
         traffic.active.fetch_add(1, Relaxed);
-        let guard = ActiveGuard(frontend.clone());
+        let guard = ActiveGuard {
+            frontend: frontend.clone(),
+            _client: client,
+        };
         match (frontend.config.mode, frontend.tls.clone()) {
             (BalanceMode::Tcp, _) => {
                 tokio::spawn(async move {
-                    crate::tcp::serve(stream, peer, local, guard.0.clone()).await;
+                    crate::tcp::serve(stream, peer, local, guard.frontend.clone()).await;
                     drop(guard);
                 });
             }
@@ -159,11 +172,21 @@ async fn accept_loop(
                         }
                         Ok(Ok(tls)) => crate::http::serve(tls, peer, local, slot, true).await,
                         Ok(Err(e)) => {
-                            guard.0.pool.counters.bad_requests.fetch_add(1, Relaxed);
+                            guard
+                                .frontend
+                                .pool
+                                .counters
+                                .bad_requests
+                                .fetch_add(1, Relaxed);
                             tracing::debug!(client = %peer, "TLS handshake: {e}");
                         }
                         Err(_) => {
-                            guard.0.pool.counters.bad_requests.fetch_add(1, Relaxed);
+                            guard
+                                .frontend
+                                .pool
+                                .counters
+                                .bad_requests
+                                .fetch_add(1, Relaxed);
                         }
                     }
                     drop(guard);
@@ -174,10 +197,15 @@ async fn accept_loop(
 }
 
 /// Counts a client connection as active until dropped.
-struct ActiveGuard(std::sync::Arc<crate::frontend::Frontend>);
+/// One accepted connection, counted against the frontend and its client's
+/// address until it ends.
+struct ActiveGuard {
+    frontend: std::sync::Arc<crate::frontend::Frontend>,
+    _client: crate::clients::ClientSlot,
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.pool.traffic.active.fetch_sub(1, Relaxed);
+        self.frontend.pool.traffic.active.fetch_sub(1, Relaxed);
     }
 }

@@ -77,6 +77,61 @@ address = "127.0.0.2"
     lb.stop();
 }
 
+/// Connects from loopback address `from`; the first line the server sends, or
+/// "" when the connection is closed without one.
+async fn held_connection(from: &str, to: u16) -> (tokio::net::TcpStream, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = socket
+        .connect(format!("127.0.0.1:{to}").parse().unwrap())
+        .await
+        .unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await {
+            Ok(Ok(1)) if byte[0] != b'\n' => line.push(byte[0]),
+            Ok(_) => break,
+            Err(_) => panic!("neither served nor closed"),
+        }
+    }
+    (s, String::from_utf8_lossy(&line).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_holds_at_most_its_share_of_connections() {
+    let backend = free_port();
+    tcp_backend("a", format!("127.0.0.1:{backend}").parse().unwrap(), false).await;
+    let port = free_port();
+    let lb = start(&format!(
+        "[[balance]]\nname = \"t\"\nlisten = \"127.0.0.1:{port}\"\nmax_connections_per_client = 2\n\
+         [[balance.server]]\nname = \"a\"\naddress = \"127.0.0.1:{backend}\"\n"
+    ));
+    let served = format!("a {backend}");
+    let (first, line) = held_connection("127.0.0.1", port).await;
+    assert_eq!(line, served);
+    let (_second, line) = held_connection("127.0.0.1", port).await;
+    assert_eq!(line, served);
+    // The third from the same address is closed at once; another address is served.
+    let (_third, line) = held_connection("127.0.0.1", port).await;
+    assert_eq!(line, "");
+    let (_other, line) = held_connection("127.0.0.2", port).await;
+    assert_eq!(line, served);
+    assert_eq!(lb.status().frontends[0].over_client_limit, 1);
+    // A closed connection gives its slot back.
+    drop(first);
+    let mut line = String::new();
+    for _ in 0..100 {
+        line = held_connection("127.0.0.1", port).await.1;
+        if line == served {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(line, served);
+    lb.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_protocol_tells_the_server_who_the_client_is() {
     let backend = free_port();

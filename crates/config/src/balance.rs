@@ -27,6 +27,7 @@ pub(crate) const DEFAULT_FALL: u32 = 3;
 pub(crate) const DEFAULT_RETRIES: u32 = 2;
 pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 pub(crate) const DEFAULT_QUEUE: u32 = 1_000;
+pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 1_000;
 pub(crate) const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub(crate) const MAX_WEIGHT: u32 = 256;
 pub(crate) const DEFAULT_BALANCER_ADMIN_SOCKET: &str = "/run/uphold/admin.sock";
@@ -54,6 +55,7 @@ pub(crate) struct BalanceFile {
     pub server_timeout: Option<DurationText>,
     pub header_timeout: Option<DurationText>,
     pub max_connections: Option<i64>,
+    pub max_connections_per_client: Option<i64>,
     pub queue: Option<i64>,
     pub queue_timeout: Option<DurationText>,
     pub slowstart: Option<DurationText>,
@@ -322,6 +324,8 @@ pub struct BalanceConfig {
     /// http: the whole request head must arrive within this.
     pub header_timeout: Duration,
     pub max_connections: u32,
+    /// Connections one client address may hold open at once.
+    pub max_connections_per_client: u32,
     /// Connections or requests that may wait for a server slot.
     pub queue: u32,
     pub queue_timeout: Duration,
@@ -539,6 +543,16 @@ pub(crate) fn validate_balance(
             1,
             10_000_000,
         );
+        let per_client = bounded(
+            ctx,
+            &p.key("max_connections_per_client"),
+            &who,
+            "max_connections_per_client",
+            f.max_connections_per_client,
+            DEFAULT_MAX_CONNECTIONS_PER_CLIENT as i64,
+            1,
+            10_000_000,
+        );
         let queue = bounded(
             ctx,
             &p.key("queue"),
@@ -627,6 +641,9 @@ pub(crate) fn validate_balance(
         else {
             continue;
         };
+        let Some(per_client) = per_client else {
+            continue;
+        };
         let (
             Some(connect_timeout),
             Some(client_timeout),
@@ -671,6 +688,7 @@ pub(crate) fn validate_balance(
             server_timeout,
             header_timeout,
             max_connections: max_connections as u32,
+            max_connections_per_client: per_client as u32,
             queue: queue as u32,
             queue_timeout,
             slowstart,
