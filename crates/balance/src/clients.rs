@@ -6,9 +6,13 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+/// Keyed per process at random: cheap on every accept, and an attacker who
+/// picks source addresses cannot aim them at one bucket.
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Debug, Default)]
 pub struct ClientSlots {
-    open: Mutex<HashMap<IpAddr, u32>>,
+    open: Mutex<HashMap<IpAddr, u32, Hasher>>,
 }
 
 impl ClientSlots {

@@ -166,9 +166,15 @@ async fn forward(
     let cfg = &frontend.config;
     let hosts = req.headers().get_all(header::HOST).iter().count();
     let has_authority = req.uri().authority().is_some();
-    if let Err(bad) =
-        crate::engine::request::check(req.method(), req.version(), hosts, has_authority)
-    {
+    let content_length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let checked = crate::engine::request::check(req.method(), req.version(), hosts, has_authority)
+        .and_then(|()| crate::engine::request::check_body(content_length, cfg.max_body_bytes));
+    if let Err(bad) = checked {
+        frontend.pool.counters.bad_requests.fetch_add(1, Relaxed);
         let status = StatusCode::from_u16(bad.status()).unwrap_or(StatusCode::BAD_REQUEST);
         return error_response(status, &bad.reason());
     }
@@ -194,7 +200,7 @@ async fn forward(
         .as_deref()
         .and_then(|name| cookie_value(req.headers(), name))
         .and_then(|v| frontend.pool.servers.iter().position(|s| s.name() == v));
-    let mut req = match prepare(req, ctx, cfg.forwarded_for) {
+    let mut req = match prepare(req, ctx, cfg.forwarded_for, cfg.max_body_bytes) {
         Ok(r) => r,
         Err(status) => {
             frontend.pool.counters.bad_requests.fetch_add(1, Relaxed);
@@ -234,6 +240,14 @@ async fn forward(
                 req = *back;
                 frontend.pool.traffic.retries.fetch_add(1, Relaxed);
                 continue;
+            }
+            Err(upstream::SendError::Failed(e)) if e.body_too_large => {
+                // The client's fault, not the server's: counted as a bad request.
+                frontend.pool.counters.bad_requests.fetch_add(1, Relaxed);
+                let bad = crate::engine::request::Malformed::BodyTooLarge {
+                    limit: cfg.max_body_bytes,
+                };
+                return error_response(StatusCode::PAYLOAD_TOO_LARGE, &bad.reason());
             }
             Err(upstream::SendError::Failed(e)) => {
                 let failure = retry::SendFailure::NoAnswer {
@@ -383,6 +397,7 @@ fn prepare(
     req: Request<Incoming>,
     ctx: &ConnCtx,
     forwarded_for: bool,
+    max_body_bytes: u64,
 ) -> Result<Request<ReqBody>, StatusCode> {
     let (mut parts, body) = req.into_parts();
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
@@ -426,7 +441,10 @@ fn prepare(
     let body = if body.is_end_stream() {
         Either::Right(Empty::new())
     } else {
-        Either::Left(body)
+        Either::Left(http_body_util::Limited::new(
+            body,
+            usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+        ))
     };
     Ok(Request::from_parts(parts, body))
 }

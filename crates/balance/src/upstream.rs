@@ -23,7 +23,9 @@ const MAX_IDLE_PER_SERVER: usize = 256;
 
 /// Request bodies towards servers: the client's, or none (also used to replay a
 /// bodyless request).
-pub type ReqBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
+/// The client's body is limited to the frontend's `max_body_bytes` as it streams.
+pub type ReqBody =
+    http_body_util::Either<http_body_util::Limited<Incoming>, http_body_util::Empty<bytes::Bytes>>;
 
 pub struct Sender {
     inner: hyper::client::conn::http1::SendRequest<ReqBody>,
@@ -44,6 +46,8 @@ pub enum SendError {
 pub struct Failed {
     pub message: String,
     pub timeout: bool,
+    /// The client's body went past `max_body_bytes` while it was sent.
+    pub body_too_large: bool,
 }
 
 impl Failed {
@@ -73,17 +77,36 @@ impl Sender {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(mut e)) => match e.take_message() {
                 Some(req) => Err(SendError::NotSent(Box::new(req))),
-                None => Err(SendError::Failed(Failed {
-                    message: e.into_error().to_string(),
-                    timeout: false,
-                })),
+                None => {
+                    let error = e.into_error();
+                    Err(SendError::Failed(Failed {
+                        message: error.to_string(),
+                        timeout: false,
+                        body_too_large: caused_by_length_limit(&error),
+                    }))
+                }
             },
             Err(_) => Err(SendError::Failed(Failed {
                 message: format!("no response within {:?}", self.server_timeout),
                 timeout: true,
+                body_too_large: false,
             })),
         }
     }
+}
+
+/// Whether `error` comes from the client's body passing its length limit.
+fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    // Bounded: an error chain is a handful of links.
+    for _ in 0..16 {
+        match cause {
+            Some(e) if e.is::<http_body_util::LengthLimitError>() => return true,
+            Some(e) => cause = e.source(),
+            None => return false,
+        }
+    }
+    false
 }
 
 /// A server connection whose response is complete, with the slot it held.

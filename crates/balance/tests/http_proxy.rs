@@ -411,6 +411,54 @@ async fn ambiguous_requests_and_tunnels_are_refused_before_any_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_past_max_body_bytes_get_413() {
+    let (a, b) = (Backend::http("a").await, Backend::http("b").await);
+    let port = free_port();
+    let lb = start(&two_server_config(port, &a, &b, "max_body_bytes = 1000"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until("up", Duration::from_secs(5), || {
+        server_health(&lb, "web", "a") == "up" && server_health(&lb, "web", "b") == "up"
+    })
+    .await;
+    let status_of = |request: Vec<u8>| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The server may answer before it reads the whole body.
+        let _ = s.write_all(&request).await;
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
+            .await
+            .expect("no answer")
+            .unwrap();
+        String::from_utf8_lossy(&head[9..12]).into_owned()
+    };
+    let post = |body: &[u8]| {
+        let mut r = format!(
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    assert_eq!(status_of(post(&[b'x'; 1000])).await, "200");
+    // Announced too large: refused before any server is asked.
+    let before = a.requests.load(SeqCst) + b.requests.load(SeqCst);
+    assert_eq!(status_of(post(&[b'x'; 5000])).await, "413");
+    assert_eq!(a.requests.load(SeqCst) + b.requests.load(SeqCst), before);
+    // Of unknown length (chunked): cut at the limit as it streams.
+    let mut chunked = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..5 {
+        chunked.extend_from_slice(b"3e8\r\n");
+        chunked.extend_from_slice(&[b'y'; 1000]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(status_of(chunked).await, "413");
+    assert!(lb.status().frontends[0].bad_requests >= 2);
+    lb.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_servers_queue_requests_and_a_full_queue_answers_503() {
     let a = Backend::http("a").await;
     let port = free_port();

@@ -28,6 +28,7 @@ pub(crate) const DEFAULT_RETRIES: u32 = 2;
 pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 pub(crate) const DEFAULT_QUEUE: u32 = 1_000;
 pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 1_000;
+pub(crate) const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
 pub(crate) const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub(crate) const MAX_WEIGHT: u32 = 256;
 pub(crate) const DEFAULT_BALANCER_ADMIN_SOCKET: &str = "/run/uphold/admin.sock";
@@ -61,6 +62,7 @@ pub(crate) struct BalanceFile {
     pub slowstart: Option<DurationText>,
     pub forwarded_for: Option<bool>,
     pub max_header_bytes: Option<i64>,
+    pub max_body_bytes: Option<i64>,
     pub tls: Option<Vec<TlsFile>>,
     pub check: Option<CheckFile>,
     pub server: Option<Vec<ServerFile>>,
@@ -333,6 +335,8 @@ pub struct BalanceConfig {
     pub slowstart: Duration,
     /// http: add X-Forwarded-For and X-Forwarded-Proto.
     pub forwarded_for: bool,
+    /// http: the largest request body passed on; larger ones get 413.
+    pub max_body_bytes: u64,
     pub max_header_bytes: usize,
     /// http: terminate TLS with these certificates (SNI picks; the first is the default).
     pub tls: Vec<TlsCert>,
@@ -543,6 +547,16 @@ pub(crate) fn validate_balance(
             1,
             10_000_000,
         );
+        let max_body = bounded(
+            ctx,
+            &p.key("max_body_bytes"),
+            &who,
+            "max_body_bytes",
+            f.max_body_bytes,
+            DEFAULT_MAX_BODY_BYTES as i64,
+            1,
+            1 << 50,
+        );
         let per_client = bounded(
             ctx,
             &p.key("max_connections_per_client"),
@@ -641,7 +655,7 @@ pub(crate) fn validate_balance(
         else {
             continue;
         };
-        let Some(per_client) = per_client else {
+        let (Some(per_client), Some(max_body)) = (per_client, max_body) else {
             continue;
         };
         let (
@@ -694,6 +708,7 @@ pub(crate) fn validate_balance(
             slowstart,
             forwarded_for: f.forwarded_for.unwrap_or(is_http),
             max_header_bytes: max_header_bytes as usize,
+            max_body_bytes: max_body as u64,
             tls,
             check,
             servers,

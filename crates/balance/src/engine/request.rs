@@ -12,6 +12,11 @@ pub enum Malformed {
     Connect,
     NoHost,
     SeveralHosts(usize),
+    /// The body is announced (or turned out) larger than the frontend's
+    /// `max_body_bytes`.
+    BodyTooLarge {
+        limit: u64,
+    },
 }
 
 impl Malformed {
@@ -19,6 +24,7 @@ impl Malformed {
         match self {
             Malformed::Connect => 405,
             Malformed::NoHost | Malformed::SeveralHosts(_) => 400,
+            Malformed::BodyTooLarge { .. } => 413,
         }
     }
 
@@ -27,6 +33,9 @@ impl Malformed {
             Malformed::Connect => "CONNECT is not allowed here".to_string(),
             Malformed::NoHost => "an HTTP/1.1 request needs a Host header".to_string(),
             Malformed::SeveralHosts(n) => format!("{n} Host headers; send exactly one"),
+            Malformed::BodyTooLarge { limit } => {
+                format!("the request body is larger than this site accepts ({limit} bytes)")
+            }
         }
     }
 }
@@ -49,6 +58,15 @@ pub fn check(
         return Err(Malformed::NoHost);
     }
     Ok(())
+}
+
+/// A body that announces `content_length` bytes, with `limit` the most the
+/// frontend passes on. A body of unknown length is cut at the limit as it streams.
+pub fn check_body(content_length: Option<u64>, limit: u64) -> Result<(), Malformed> {
+    match content_length {
+        Some(len) if len > limit => Err(Malformed::BodyTooLarge { limit }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +101,13 @@ mod tests {
             Err(Malformed::Connect)
         );
         assert_eq!(Malformed::Connect.status(), 405);
+        assert_eq!(check_body(Some(10), 10), Ok(()));
+        assert_eq!(check_body(None, 10), Ok(()));
+        assert_eq!(
+            check_body(Some(11), 10),
+            Err(Malformed::BodyTooLarge { limit: 10 })
+        );
+        assert_eq!(Malformed::BodyTooLarge { limit: 10 }.status(), 413);
         assert_eq!(Malformed::NoHost.status(), 400);
     }
 }
