@@ -27,7 +27,7 @@ impl TcpRefusal {
         }
     }
 
-    pub fn message(&self, admin_socket: Option<&std::path::Path>) -> String {
+    pub fn message(&self, admin_socket: &std::path::Path) -> String {
         match self {
             TcpRefusal::WrongHost(host) => format!(
                 "Host {host:?} is not this API's address; address it as 127.0.0.1, [::1] or localhost with its port"
@@ -35,13 +35,10 @@ impl TcpRefusal {
             TcpRefusal::CrossOrigin(origin) => {
                 format!("requests from web pages (Origin {origin:?}) are refused")
             }
-            TcpRefusal::CommandOverTcp => match admin_socket {
-                Some(path) => format!(
-                    "commands are accepted only on the admin socket {} (root and the uphold group); use the uphold CLI",
-                    path.display()
-                ),
-                None => "this daemon accepts no commands".to_string(),
-            },
+            TcpRefusal::CommandOverTcp => format!(
+                "commands are accepted only on the admin socket {} (root and the uphold group); use the uphold CLI",
+                admin_socket.display()
+            ),
         }
     }
 }

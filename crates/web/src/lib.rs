@@ -36,20 +36,11 @@ struct Sources {
     action: Option<ActionFn>,
 }
 
+/// Serves the read-only API on `listen` and the same API with commands on the
+/// Unix socket `admin_socket`, until `shutdown`.
 pub async fn serve(
     listen: SocketAddr,
-    status: StatusFn,
-    metrics: MetricsFn,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    serve_with_actions(listen, None, status, metrics, None, shutdown).await
-}
-
-/// Serves the read-only API on `listen` and, when `admin_socket` is given, the
-/// same API with commands on that Unix socket, until `shutdown`.
-pub async fn serve_with_actions(
-    listen: SocketAddr,
-    admin_socket: Option<&Path>,
+    admin_socket: &Path,
     status: StatusFn,
     metrics: MetricsFn,
     action: Option<ActionFn>,
@@ -68,7 +59,7 @@ pub async fn serve_with_actions(
         .with_state(sources);
     let tcp_rules = TcpRules {
         listen,
-        admin_socket: admin_socket.map(Path::to_path_buf),
+        admin_socket: admin_socket.to_path_buf(),
     };
     let tcp_app = routes.clone().layer(axum::middleware::from_fn_with_state(
         Arc::new(tcp_rules),
@@ -80,37 +71,34 @@ pub async fn serve_with_actions(
     tracing::info!(%listen, "API listening (read-only)");
     let shutdown = shutdown.shared();
     let tcp = axum::serve(listener, tcp_app).with_graceful_shutdown(shutdown.clone());
-    match admin_socket {
-        None => tcp.await?,
-        Some(path) => match admin_socket::AdminListener::bind(path) {
-            Ok(admin) => {
-                tracing::info!(socket = %path.display(), "admin socket listening");
-                let app = routes.layer(axum::middleware::from_fn_with_state(
-                    admin.rule(),
-                    admin_socket::admit,
-                ));
-                let admin = axum::serve(
-                    admin,
-                    app.into_make_service_with_connect_info::<admin_socket::Peer>(),
-                )
-                .with_graceful_shutdown(shutdown);
-                let (tcp, admin) = tokio::join!(tcp.into_future(), admin.into_future());
-                tcp?;
-                admin?;
-            }
-            Err(e) => {
-                // Status and metrics still matter when commands cannot be taken.
-                tracing::error!("{e:#}; operator commands are unavailable");
-                tcp.await?;
-            }
-        },
+    match admin_socket::AdminListener::bind(admin_socket) {
+        Ok(admin) => {
+            tracing::info!(socket = %admin_socket.display(), "admin socket listening");
+            let app = routes.layer(axum::middleware::from_fn_with_state(
+                admin.rule(),
+                admin_socket::admit,
+            ));
+            let admin = axum::serve(
+                admin,
+                app.into_make_service_with_connect_info::<admin_socket::Peer>(),
+            )
+            .with_graceful_shutdown(shutdown);
+            let (tcp, admin) = tokio::join!(tcp.into_future(), admin.into_future());
+            tcp?;
+            admin?;
+        }
+        Err(e) => {
+            // Status and metrics still matter when commands cannot be taken.
+            tracing::error!("{e:#}; operator commands are unavailable");
+            tcp.await?;
+        }
     }
     Ok(())
 }
 
 struct TcpRules {
     listen: SocketAddr,
-    admin_socket: Option<PathBuf>,
+    admin_socket: PathBuf,
 }
 
 async fn tcp_access(
@@ -138,7 +126,7 @@ async fn tcp_access(
         Ok(()) => next.run(request).await,
         Err(refusal) => (
             StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::FORBIDDEN),
-            format!("{}\n", refusal.message(rules.admin_socket.as_deref())),
+            format!("{}\n", refusal.message(&rules.admin_socket)),
         )
             .into_response(),
     }

@@ -38,9 +38,9 @@ impl Api {
                 .build()
                 .unwrap();
             runtime
-                .block_on(uphold_web::serve_with_actions(
+                .block_on(uphold_web::serve(
                     listen,
-                    Some(&path),
+                    &path,
                     Arc::new(|| Some(serde_json::json!({"ok": true}))),
                     Arc::new(String::new),
                     Some(Arc::new(move |command: &str, _body: &str| {

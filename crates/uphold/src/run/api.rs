@@ -104,15 +104,7 @@ fn spawn_api(
         let stop = async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         };
-        let served = uphold_web::serve_with_actions(
-            listen,
-            Some(&admin_socket),
-            status,
-            metrics,
-            actions,
-            stop,
-        )
-        .await;
+        let served = uphold_web::serve(listen, &admin_socket, status, metrics, actions, stop).await;
         if let Err(e) = served {
             error!("API: {e:#}");
         }
