@@ -32,7 +32,8 @@ impl ClientSlots {
     }
 
     /// Addresses with a connection open now.
-    pub fn clients(&self) -> usize {
+    #[cfg(test)]
+    fn clients(&self) -> usize {
         self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }

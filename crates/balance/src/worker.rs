@@ -171,22 +171,12 @@ async fn accept_loop(
                             crate::http::serve_h2(tls, peer, local, slot).await
                         }
                         Ok(Ok(tls)) => crate::http::serve(tls, peer, local, slot, true).await,
-                        Ok(Err(e)) => {
-                            guard
-                                .frontend
-                                .pool
-                                .counters
-                                .bad_requests
-                                .fetch_add(1, Relaxed);
-                            tracing::debug!(client = %peer, "TLS handshake: {e}");
-                        }
-                        Err(_) => {
-                            guard
-                                .frontend
-                                .pool
-                                .counters
-                                .bad_requests
-                                .fetch_add(1, Relaxed);
+                        failed => {
+                            if let Ok(Err(e)) = failed {
+                                tracing::debug!(client = %peer, "TLS handshake: {e}");
+                            }
+                            let counters = &guard.frontend.pool.counters;
+                            counters.bad_requests.fetch_add(1, Relaxed);
                         }
                     }
                     drop(guard);

@@ -14,6 +14,17 @@ fn rp(s: &str) -> RelPath {
     RelPath::new(s.as_bytes().to_vec()).unwrap()
 }
 
+/// Metadata a hostile peer might announce for a file it sends.
+fn meta(mode: u32) -> uphold_sync::entry::Meta {
+    uphold_sync::entry::Meta {
+        mode,
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        mtime_s: 0,
+        mtime_ns: 0,
+    }
+}
+
 #[test]
 fn a_tree_arrives_complete_and_a_second_pass_sends_nothing() {
     let pair = Pair::new();
@@ -141,7 +152,6 @@ fn a_tree_deeper_than_any_stack_is_deleted_through_the_receiver() {
 
 #[test]
 fn a_delta_may_not_write_past_its_announced_size() {
-    use uphold_sync::entry::Meta;
     use uphold_sync::protocol::{DeltaBasis, Request, Response};
     // A peer announces a 100-byte file as a delta against a 1 MiB basis and then
     // sends copies of the whole basis: each chunk once grew the temporary file by
@@ -156,13 +166,7 @@ fn a_delta_may_not_write_past_its_announced_size() {
     let id = match call(Request::Begin {
         set: "www".into(),
         path: rp("big"),
-        meta: Meta {
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_s: 0,
-            mtime_ns: 0,
-        },
+        meta: meta(0o644),
         size: 100,
         delta: Some(DeltaBasis {
             block_size,
@@ -205,19 +209,12 @@ fn a_delta_may_not_write_past_its_announced_size() {
 
 #[test]
 fn a_transfer_that_would_fill_the_target_filesystem_waits() {
-    use uphold_sync::entry::Meta;
     use uphold_sync::protocol::Request;
     let pair = Pair::new();
     let begin = Request::Begin {
         set: "www".into(),
         path: rp("huge"),
-        meta: Meta {
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_s: 0,
-            mtime_ns: 0,
-        },
+        meta: meta(0o644),
         size: u64::MAX / 4,
         delta: None,
     };
@@ -231,7 +228,6 @@ fn a_transfer_that_would_fill_the_target_filesystem_waits() {
 
 #[test]
 fn setuid_and_setgid_bits_are_not_recreated_unless_the_set_preserves_them() {
-    use uphold_sync::entry::Meta;
     use uphold_sync::protocol::{FileOp, OpResult, Request, Response};
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     let pair = Pair::stripping_privileged();
@@ -265,13 +261,7 @@ fn setuid_and_setgid_bits_are_not_recreated_unless_the_set_preserves_them() {
             ops: vec![FileOp::SetMeta {
                 path: rp("tool"),
                 kind: uphold_sync::entry::Kind::File,
-                meta: Meta {
-                    mode: 0o6755,
-                    uid: nix::unistd::geteuid().as_raw(),
-                    gid: nix::unistd::getegid().as_raw(),
-                    mtime_s: 0,
-                    mtime_ns: 0,
-                },
+                meta: meta(0o6755),
             }],
         };
         match pair.transport.call(setuid).await {
