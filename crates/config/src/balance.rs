@@ -283,6 +283,8 @@ pub enum CheckKind {
     /// A program; exit 0 is up. It gets UPHOLD_SERVER_NAME, _ADDRESS and _PORT.
     Exec {
         command: Vec<String>,
+        /// Run as this system user instead of root.
+        user: Option<String>,
     },
 }
 
@@ -1038,7 +1040,7 @@ fn check_config(
         ctx,
     );
     misplaced("expect_body", c.expect_body.is_some() && !is("http"), ctx);
-    misplaced("user", c.user.is_some() && !is("mysql"), ctx);
+    misplaced("user", c.user.is_some() && !is("mysql") && !is("exec"), ctx);
     misplaced("password", c.password.is_some() && !is("mysql"), ctx);
     misplaced(
         "password_file",
@@ -1054,9 +1056,14 @@ fn check_config(
         "http" => http_check(ctx, p, who, &c),
         "mysql" => mysql_check(ctx, p, who, &c),
         "agent" => Some(CheckKind::Agent),
-        "exec" => argv(ctx, &p.key("command"), who, "command", c.command, true)
-            .flatten()
-            .map(|command| CheckKind::Exec { command }),
+        "exec" => {
+            let command = argv(ctx, &p.key("command"), who, "command", c.command, true);
+            let user = crate::validate::system_user(ctx, &p.key("user"), who, c.user.clone());
+            match (command, user) {
+                (Some(Some(command)), Some(user)) => Some(CheckKind::Exec { command, user }),
+                _ => None,
+            }
+        }
         other => {
             ctx.error(
                 &p.key("type"),

@@ -94,6 +94,7 @@ pub(crate) struct ExecFile {
     pub interval: Option<DurationText>,
     pub timeout: Option<DurationText>,
     pub failures: Option<i64>,
+    pub user: Option<String>,
 }
 
 /// A duration as written, e.g. `"800ms"`; parsed in `validate()`. A custom visitor

@@ -934,6 +934,47 @@ fn validate_ip(
 }
 
 /// Checks one argv list; `required` is false only for `monitor`.
+/// The system account a command runs as (`user = "www-data"`). A name that no
+/// account can have is an error; one this host does not know is a warning,
+/// not an error: the config is shared by every member, and a witness or an
+/// operator's machine need not have the accounts of the web servers.
+pub(crate) fn system_user(
+    ctx: &mut Ctx<'_>,
+    path: &KeyPath,
+    who: &str,
+    value: Option<String>,
+) -> Option<Option<String>> {
+    let Some(name) = value else {
+        return Some(None);
+    };
+    // Debian's rule for login names (adduser's NAME_REGEX, plus the `$` of
+    // machine accounts), at most 32 bytes as utmp allows.
+    let valid = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .trim_end_matches('$')
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !valid {
+        ctx.error(
+            path,
+            format!("{who}: invalid user {name:?}: a login name such as \"www-data\" (lowercase letters, digits, `_` and `-`)"),
+        );
+        return None;
+    }
+    if !matches!(nix::unistd::User::from_name(&name), Ok(Some(_))) {
+        ctx.warn(
+            path,
+            format!("{who}: user {name:?} does not exist on this host; its commands fail on every member that lacks it"),
+        );
+    }
+    Some(Some(name))
+}
+
 pub(crate) fn argv(
     ctx: &mut Ctx<'_>,
     path: &KeyPath,
@@ -1059,7 +1100,9 @@ fn validate_exec(
             }
         },
     };
+    let user = system_user(ctx, &rp.key("user"), &who, exec.user);
     Some(ResourceSpec::Exec(ExecResource {
+        user: user?,
         name: name?,
         start: start??,
         stop: stop??,

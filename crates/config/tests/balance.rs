@@ -214,3 +214,28 @@ fn unknown_keys_are_refused() {
         "port",
     );
 }
+
+#[test]
+fn an_exec_check_may_run_as_a_system_user() {
+    let loaded = uphold_config::parse_str(
+        &with_check("type = \"exec\"\ncommand = [\"/usr/local/bin/check-web\"]\nuser = \"nobody\""),
+        "b.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        loaded.config.balance[0].check.kind,
+        CheckKind::Exec {
+            command: vec!["/usr/local/bin/check-web".to_string()],
+            user: Some("nobody".to_string()),
+        }
+    );
+    one_error(
+        &with_check("type = \"exec\"\ncommand = [\"/bin/true\"]\nuser = \"Web Admin\""),
+        "invalid user \"Web Admin\"",
+    );
+    // `user` is the MySQL account of a mysql check, and means nothing to tcp.
+    one_error(
+        &with_check("type = \"tcp\"\nuser = \"nobody\""),
+        "`user` does not apply to a check of type \"tcp\"",
+    );
+}

@@ -188,6 +188,8 @@ fn cases() -> Vec<Case> {
         case("exec", "type = \"exec\"\nname = \"x\"\nstart = [\"/a\"]\nstop = [\"/a\"]\nmonitor = [] #!", "group[0].resource[1].monitor", "`monitor` must not be empty"),
         case("exec", "type = \"exec\"\nname = \"x\"\nstart = [\"/a\"]\nstop = [\"/a\"]\nfailures = 0 #!", "group[0].resource[1].failures", "invalid failures 0: must be at least 1"),
         case("exec", "type = \"exec\"\nname = \"x\"\nstart = [\"/a\"]\nstop = [\"/a\"]\ntimeout = \"forever\" #!", "group[0].resource[1].timeout", "invalid duration \"forever\""),
+        case("exec", "type = \"exec\"\nname = \"x\"\nstart = [\"/a\"]\nstop = [\"/a\"]\nuser = \"Root; rm\" #!", "group[0].resource[1].user", "invalid user \"Root; rm\": a login name"),
+        case("exec", "type = \"exec\"\nname = \"x\"\nstart = [\"/a\"]\nstop = [\"/a\"]\nuser = \"\" #!", "group[0].resource[1].user", "invalid user \"\""),
         case("extra", "[[group.resource]] #!\ntype = \"exec\"\nstart = [\"/a\"]\nstop = [\"/a\"]", "group[0].resource[2].name", "missing the required key `name`"),
         case("extra", "[[group.resource]] #!\ntype = \"exec\"\nname = \"php\"\nstop = [\"/bin/true\"]", "group[0].resource[2].start", "missing the required key `start`"),
         case("extra", "[[group.resource]]\ntype = \"exec\"\nname = \"nginx\" #!\nstart = [\"/a\"]\nstop = [\"/a\"]", "group[0].resource[2].name", "\"nginx\" is used twice in this group"),

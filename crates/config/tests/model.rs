@@ -74,6 +74,7 @@ monitor = ["/usr/bin/curl", "-fsS", "http://127.0.0.1/"]
 interval = "3s"
 timeout = "30s"
 failures = 2
+user = "nobody"
 
 [[group]]
 name = "db"
@@ -148,6 +149,7 @@ fn full_file_lands_in_the_typed_model() {
                             monitor_interval: Duration::from_secs(3),
                             timeout: Duration::from_secs(30),
                             failures_before_move: 2,
+                            user: Some("nobody".to_string()),
                         }),
                     ],
                 },
@@ -172,6 +174,7 @@ fn full_file_lands_in_the_typed_model() {
                             monitor_interval: Duration::from_secs(2),
                             timeout: Duration::from_secs(20),
                             failures_before_move: 1,
+                            user: None,
                         }),
                     ],
                 },
@@ -563,4 +566,25 @@ fn a_lease_shorter_than_an_election_is_fine_since_leases_are_not_logged() {
     );
     assert!(warnings_for(&text).is_empty(), "{:?}", warnings_for(&text));
     assert!(warnings_for(&members(3, 1)).is_empty());
+}
+
+#[test]
+fn a_command_user_this_host_lacks_is_a_warning_not_an_error() {
+    // The config is shared by every member; a witness need not have the web
+    // servers' accounts, so only the members lacking it fail its commands.
+    let text = members(2, 0).replace(
+        "interface = \"eth0\"\n",
+        "interface = \"eth0\"\n[[group.resource]]\ntype = \"exec\"\nname = \"site\"\n\
+         start = [\"/bin/true\"]\nstop = [\"/bin/true\"]\nuser = \"uphold-no-such-user\"\n",
+    );
+    let warnings = warnings_for(&text);
+    let lacking: Vec<&String> = warnings
+        .iter()
+        .filter(|w| w.contains("user \"uphold-no-such-user\" does not exist on this host"))
+        .collect();
+    assert_eq!(lacking.len(), 1, "{warnings:?}");
+    assert!(
+        lacking[0].contains("group[0].resource[1].user"),
+        "{warnings:?}"
+    );
 }

@@ -88,6 +88,8 @@ pub struct ExecResource {
     pub timeout: Duration,
     /// Consecutive monitor failures before the group is moved.
     pub failures_before_move: u32,
+    /// Run start, stop and monitor as this user instead of root.
+    pub user: Option<String>,
 }
 
 #[cfg(test)]
@@ -113,6 +115,7 @@ mod tests {
             monitor_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(5),
             failures_before_move: 1,
+            user: None,
         })
     }
 

@@ -60,6 +60,9 @@ pub enum OsError {
     #[error("command {program:?} not found (is the path right and the file executable?)")]
     ExecNotFound { program: String },
 
+    #[error("command {program:?} is to run as user {user:?}, which does not exist on this host")]
+    UnknownUser { program: String, user: String },
+
     #[error("cannot start command {program:?}: {source}")]
     ExecSpawn {
         program: String,

@@ -2,7 +2,8 @@
 //! argv, never through a shell: each in its own process group, bounded by a
 //! timeout after which the whole group is killed, with the tail of its output
 //! kept for messages, and with a minimal environment ([`COMMAND_PATH`], the
-//! locale and time zone, and the caller's variables), not the daemon's.
+//! locale and time zone, and the caller's variables), not the daemon's; as root,
+//! or as a configured user to drop root where a command does not need it.
 //!
 //! A `start` command may daemonize, leaving a long-running grandchild that still
 //! holds our output pipe. So completion means "the direct child exited", not
@@ -214,15 +215,58 @@ pub const COMMAND_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// the operator's language and find its home, nothing that configures uphold.
 const PASSED_THROUGH: &[&str] = &["HOME", "LANG", "LC_ALL", "TZ"];
 
-/// The whole environment of a command given `extra` variables.
+/// The account a command runs as when it is not to run as root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RunAs {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: std::path::PathBuf,
+}
+
+impl RunAs {
+    /// Looked up for every run (through NSS, as `su` does), so an account
+    /// created or changed after the daemon started is seen.
+    fn lookup(program: &str, name: &str) -> Result<RunAs, OsError> {
+        let unknown = || OsError::UnknownUser {
+            program: program.to_string(),
+            user: name.to_string(),
+        };
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(user)) => Ok(RunAs {
+                name: user.name,
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+                home: user.dir,
+            }),
+            Ok(None) => Err(unknown()),
+            Err(errno) => Err(OsError::ExecSpawn {
+                program: program.to_string(),
+                source: io::Error::other(format!("looking up user {name:?}: {errno}")),
+            }),
+        }
+    }
+}
+
+/// The whole environment of a command given `extra` variables: a command run
+/// as another user gets that user's `HOME`, `USER` and `LOGNAME`.
 fn command_environment(
     extra: &[(String, String)],
+    user: Option<&RunAs>,
 ) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
     let mut env = vec![("PATH".into(), COMMAND_PATH.into())];
     for name in PASSED_THROUGH {
+        if user.is_some() && *name == "HOME" {
+            continue;
+        }
         if let Some(value) = std::env::var_os(name) {
             env.push(((*name).into(), value));
         }
+    }
+    if let Some(user) = user {
+        env.push(("HOME".into(), user.home.clone().into_os_string()));
+        env.push(("USER".into(), user.name.clone().into()));
+        env.push(("LOGNAME".into(), user.name.clone().into()));
     }
     env.extend(extra.iter().map(|(k, v)| (k.into(), v.into())));
     env
@@ -239,20 +283,35 @@ pub async fn run(
     timeout: Duration,
     env: &[(String, String)],
 ) -> Result<ExecOutcome, OsError> {
-    run_watched(argv, timeout, env, &Unwatched).await
+    run_watched(argv, timeout, env, None, &Unwatched).await
 }
 
-/// [`run`], telling `watch` when the command starts and when it is over (right
-/// after the spawn, before any await, so nothing the caller does comes between).
+/// [`run`] as `user` (a login name) when given: the command gets that user's
+/// uid and primary group and no supplementary groups, so a check or a service
+/// command that needs no root runs without it.
+pub async fn run_as(
+    argv: &[String],
+    timeout: Duration,
+    env: &[(String, String)],
+    user: Option<&str>,
+) -> Result<ExecOutcome, OsError> {
+    run_watched(argv, timeout, env, user, &Unwatched).await
+}
+
+/// [`run_as`], telling `watch` when the command starts and when it is over
+/// (right after the spawn, before any await, so nothing the caller does comes
+/// between).
 pub async fn run_watched(
     argv: &[String],
     timeout: Duration,
     env: &[(String, String)],
+    user: Option<&str>,
     watch: &dyn CommandWatch,
 ) -> Result<ExecOutcome, OsError> {
     let Some(program) = argv.first() else {
         return Err(OsError::EmptyArgv);
     };
+    let run_as = user.map(|name| RunAs::lookup(program, name)).transpose()?;
     let spawn_error = |source: io::Error| {
         if source.kind() == io::ErrorKind::NotFound {
             OsError::ExecNotFound {
@@ -275,15 +334,21 @@ pub async fn run_watched(
         command
             .args(&argv[1..])
             .env_clear()
-            .envs(command_environment(env))
+            .envs(command_environment(env, run_as.as_ref()))
             .stdin(Stdio::null())
             .stdout(writer)
             .stderr(writer_for_stderr)
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(user) = &run_as {
+            // std drops the supplementary groups when root changes uid, and
+            // changes the group before the user, as `setpriv` would.
+            command.uid(user.uid).gid(user.gid);
+        }
         // No pre_exec hook, on purpose: without one std starts the command with
         // posix_spawn (vfork-like) rather than fork, which would copy the page
-        // tables of the whole daemon for every monitor run. The threads that
+        // tables of the whole daemon for every monitor run (a uid change makes
+        // std fork anyway, only for commands that ask for one). The threads that
         // spawn commands keep the normal I/O and CPU priority (see
         // crate::protect), so the command has nothing to undo.
         command.spawn().map_err(spawn_error)?
@@ -466,6 +531,51 @@ mod tests {
         assert_eq!(names, expected, "{}", out.output);
         assert!(out.output.contains(&format!("PATH={COMMAND_PATH}\n")));
         assert!(out.output.contains("UPHOLD_TEST_VALUE=hello\n"));
+    }
+
+    #[tokio::test]
+    async fn a_command_runs_as_the_configured_user() {
+        if !uphold_testkit::require_root("a_command_runs_as_the_configured_user") {
+            return;
+        }
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let out = run_as(
+            &sh("echo $(id -u) $(id -g) $(id -G) $USER $LOGNAME $HOME"),
+            LONG,
+            &[],
+            Some("nobody"),
+        )
+        .await
+        .unwrap();
+        assert!(out.success(), "{}", out.summary());
+        let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+        // Only the primary group: root's supplementary groups are not kept.
+        assert_eq!(
+            out.output,
+            format!("{uid} {gid} {gid} nobody nobody {}\n", nobody.dir.display())
+        );
+        // Without a user the command keeps root.
+        let out = run_as(&argv(&["id", "-u"]), LONG, &[], None).await.unwrap();
+        assert_eq!(out.output, "0\n");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_is_a_clear_error_and_nothing_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let script = format!("touch {}", marker.display());
+        let err = run_as(&sh(&script), LONG, &[], Some("uphold-no-such-user"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, OsError::UnknownUser { user, .. } if user == "uphold-no-such-user"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("does not exist on this host"),
+            "{err}"
+        );
+        assert!(!marker.exists());
     }
 
     #[tokio::test]

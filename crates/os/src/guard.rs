@@ -656,7 +656,12 @@ impl Guard {
                         service.name,
                         service.stop.join(" ")
                     );
-                    let run = exec::run(&service.stop, service.timeout, &hold.env);
+                    let run = exec::run_as(
+                        &service.stop,
+                        service.timeout,
+                        &hold.env,
+                        service.user.as_deref(),
+                    );
                     match self.runtime.block_on(run) {
                         Ok(outcome) if outcome.success() => {}
                         Ok(outcome) => say!(

@@ -145,8 +145,9 @@ impl CheckTask {
                 }
                 Err(e) => (false, e),
             },
-            CheckKind::Exec { command } => {
-                probes::exec(command, self.server.name(), self.addr, self.check.timeout).await
+            CheckKind::Exec { command, user } => {
+                let server = (self.server.name(), self.addr);
+                probes::exec(command, user.as_deref(), server, self.check.timeout).await
             }
             CheckKind::Mysql {
                 user,

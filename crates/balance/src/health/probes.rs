@@ -102,8 +102,8 @@ pub async fn agent(addr: SocketAddr) -> Result<AgentReport, String> {
 /// no orphans), its output kept only as a bounded tail.
 pub async fn exec(
     command: &[String],
-    server: &str,
-    addr: SocketAddr,
+    user: Option<&str>,
+    (server, addr): (&str, SocketAddr),
     timeout: std::time::Duration,
 ) -> (bool, String) {
     let env = [
@@ -111,7 +111,7 @@ pub async fn exec(
         ("UPHOLD_SERVER_ADDRESS".to_string(), addr.ip().to_string()),
         ("UPHOLD_SERVER_PORT".to_string(), addr.port().to_string()),
     ];
-    match uphold_os::exec::run(command, timeout, &env).await {
+    match uphold_os::exec::run_as(command, timeout, &env, user).await {
         Ok(outcome) if outcome.success() => (true, "exit 0".into()),
         Ok(outcome) => (false, outcome.summary()),
         Err(e) => (false, e.to_string()),
@@ -141,7 +141,7 @@ mod tests {
         let script = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
         let command = vec!["sh".to_string(), "-c".to_string(), script];
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let (up, why) = exec(&command, "a", addr, Duration::from_millis(300)).await;
+        let (up, why) = exec(&command, None, ("a", addr), Duration::from_millis(300)).await;
         assert!(!up);
         assert!(why.contains("timed out"), "{why}");
         let orphan: i32 = std::fs::read_to_string(&pidfile)
@@ -166,7 +166,7 @@ mod tests {
                 .to_string(),
         ];
         let addr: SocketAddr = "127.0.0.7:8080".parse().unwrap();
-        let (up, why) = exec(&command, "web1", addr, Duration::from_secs(5)).await;
+        let (up, why) = exec(&command, None, ("web1", addr), Duration::from_secs(5)).await;
         assert!(!up);
         assert!(why.ends_with("web1 127.0.0.7 8080"), "{why}");
         assert!(why.contains("code 2"), "{why}");

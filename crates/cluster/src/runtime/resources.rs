@@ -143,7 +143,7 @@ impl ResourceRunner {
         match resource {
             ResourceSpec::Ip(ip) => self.start_ip(group, ip).await,
             ResourceSpec::Exec(exec) => {
-                let outcome = self.run_command(group, &exec.start, exec.timeout).await?;
+                let outcome = self.run_command(group, exec, &exec.start).await?;
                 if outcome.success() {
                     info!(group, resource = %exec.name, "started");
                     Ok(())
@@ -206,7 +206,7 @@ impl ResourceRunner {
                 Ok(())
             }
             ResourceSpec::Exec(exec) => {
-                let outcome = self.run_command(group, &exec.stop, exec.timeout).await?;
+                let outcome = self.run_command(group, exec, &exec.stop).await?;
                 if outcome.success() {
                     info!(group, resource = %exec.name, "stopped");
                     Ok(())
@@ -217,20 +217,26 @@ impl ResourceRunner {
         }
     }
 
-    /// One monitor pass. Ok(()) when healthy.
-    /// Runs one of `group`'s commands with its environment, told to the guard
-    /// while it runs.
+    /// Runs one of the commands of `exec` (of `group`) with its environment,
+    /// deadline and user, told to the guard while it runs.
     async fn run_command(
         &self,
         group: &str,
+        exec: &ExecResource,
         argv: &[String],
-        timeout: Duration,
     ) -> Result<uphold_os::ExecOutcome, String> {
-        uphold_os::exec::run_watched(argv, timeout, &self.env(group), &self.commands.watch(group))
-            .await
-            .map_err(|e| e.to_string())
+        uphold_os::exec::run_watched(
+            argv,
+            exec.timeout,
+            &self.env(group),
+            exec.user.as_deref(),
+            &self.commands.watch(group),
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 
+    /// One monitor pass. Ok(()) when healthy.
     pub async fn monitor(&self, group: &str, resource: &ResourceSpec) -> Result<(), String> {
         match resource {
             ResourceSpec::Ip(ip) => self.monitor_ip(ip).await,
@@ -242,7 +248,7 @@ impl ResourceRunner {
         let Some(argv) = &exec.monitor else {
             return Ok(());
         };
-        let outcome = self.run_command(group, argv, exec.timeout).await?;
+        let outcome = self.run_command(group, exec, argv).await?;
         if outcome.success() {
             Ok(())
         } else {

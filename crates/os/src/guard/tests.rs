@@ -22,6 +22,7 @@ fn exec_resource(name: &str, stop: Vec<String>) -> ResourceSpec {
         monitor_interval: Duration::from_secs(5),
         timeout: Duration::from_secs(10),
         failures_before_move: 3,
+        user: None,
     })
 }
 
@@ -643,7 +644,7 @@ fn the_ledger_tells_the_guard_process_of_a_start_still_running_when_the_daemon_g
     let start = vec!["/bin/sleep".to_string(), "60".to_string()];
     let watch = ledger.watch("web");
     let outcome = runtime.block_on(async {
-        let run = exec::run_watched(&start, Duration::from_secs(60), &[], &watch);
+        let run = exec::run_watched(&start, Duration::from_secs(60), &[], None, &watch);
         tokio::pin!(run);
         // Once the start runs, the daemon "dies": its end of the pipe closes.
         let mut client = Some(client);
