@@ -17,8 +17,11 @@ pub fn main(args: InitArgs) -> ExitCode {
     };
     // With a `{node}` template every member has a directory of its own on this
     // host (the demo, tests): the CA and every issued key stay in a directory
-    // of their own, and each member's gets only its bundle. Without one, one
-    // directory holds everything and the operator hands out the bundles.
+    // of their own, and each member's gets only its bundle. Without one, the
+    // configured directory serves this host as before, and each member's bundle
+    // is also put in `bundles/<member>/`, ready to copy to that member: the
+    // operator never has to pick files out of a directory that holds the CA key.
+    let single_dir = ca_dir.is_none();
     let ca_dir = ca_dir.unwrap_or_else(|| dirs[0].clone());
     if let Err(e) = uphold_proto::pki::init_ca(&ca_dir, &cluster, args.force) {
         eprintln!("error: {e}");
@@ -29,18 +32,23 @@ pub fn main(args: InitArgs) -> ExitCode {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
-        if dir != &ca_dir {
-            if let Err(e) = uphold_proto::pki::copy_member_bundle(&ca_dir, dir, member) {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
+        let bundle = if single_dir {
+            ca_dir.join(BUNDLES_DIR).join(member.as_str())
+        } else {
+            dir.clone()
+        };
+        if let Err(e) = uphold_proto::pki::copy_member_bundle(&ca_dir, &bundle, member) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
         }
-        println!("certificate for {member} in {}", dir.display());
+        println!("certificate for {member} in {}", bundle.display());
     }
-    if dirs.iter().all(|d| d == &ca_dir) {
+    if single_dir {
         println!(
-            "cluster CA for {cluster} in {}\ncopy ca.pem and each member's <name>.pem and <name>-key.pem to that member's tls_dir; keep ca-key.pem off the members if you can",
-            ca_dir.display()
+            "cluster CA for {cluster} in {dir}
+             copy each member's bundle ({dir}/{BUNDLES_DIR}/<name>/: ca.pem, <name>.pem, <name>-key.pem) \
+             into that member's tls_dir; ca-key.pem stays here, on no member if you can",
+            dir = ca_dir.display()
         );
     } else {
         println!(
@@ -50,6 +58,9 @@ pub fn main(args: InitArgs) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// Where, in a single directory, each member's bundle is put to be copied.
+const BUNDLES_DIR: &str = "bundles";
 
 /// What `{node}` becomes in the CA's own directory: no member can have this
 /// name (member names are lowercase letters, digits and `-`).

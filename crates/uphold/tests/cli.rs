@@ -246,11 +246,7 @@ fn init_keeps_the_ca_key_and_other_members_keys_out_of_each_members_directory() 
     );
     for (member, other) in [("a", "b"), ("b", "a")] {
         let tls = dir.path().join(member).join("tls");
-        let mut files: Vec<String> = std::fs::read_dir(&tls)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        files.sort();
+        let files = file_names(&tls);
         let mut expected = vec![
             "ca.pem".to_string(),
             format!("{member}-key.pem"),
@@ -261,6 +257,53 @@ fn init_keeps_the_ca_key_and_other_members_keys_out_of_each_members_directory() 
         assert!(!tls.join(format!("{other}-key.pem")).exists());
     }
     assert!(dir.path().join("_ca/tls/ca-key.pem").exists());
+}
+
+/// The files of directory `dir`, sorted.
+fn file_names(dir: &std::path::Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn init_into_one_directory_puts_each_members_bundle_apart_without_the_ca_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    let init = uphold()
+        .args(["init", "--cluster", "t", "--members", "a,b", "--dir"])
+        .arg(&tls)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let said = String::from_utf8_lossy(&init.stdout);
+    assert!(said.contains("bundles/<name>/"), "{said}");
+    for member in ["a", "b"] {
+        let bundle = tls.join("bundles").join(member);
+        let mut expected = vec![
+            "ca.pem".to_string(),
+            format!("{member}-key.pem"),
+            format!("{member}.pem"),
+        ];
+        expected.sort();
+        assert_eq!(file_names(&bundle), expected, "{member}'s bundle");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(bundle.join(format!("{member}-key.pem")))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // The directory itself still serves the host init ran on.
+    assert!(tls.join("ca-key.pem").exists());
+    assert!(tls.join("a-key.pem").exists());
 }
 
 #[test]
