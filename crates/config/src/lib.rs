@@ -9,6 +9,7 @@ mod identity;
 pub mod keys;
 mod locate;
 pub mod model;
+pub mod owners;
 pub mod sync;
 mod validate;
 

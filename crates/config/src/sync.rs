@@ -5,6 +5,7 @@
 use crate::file::DurationText;
 use crate::locate::KeyPath;
 use crate::model::{ClusterConfig, MemberRole};
+use crate::owners::{kept_ids, IdKind, IdText, Ownership};
 use crate::validate::{duration, Ctx};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -29,6 +30,8 @@ pub(crate) struct SyncFile {
     pub delay: Option<DurationText>,
     pub delete: Option<bool>,
     pub preserve_privileged: Option<bool>,
+    pub owners: Option<Vec<IdText>>,
+    pub groups: Option<Vec<IdText>>,
     pub fsync: Option<String>,
     pub watch: Option<String>,
     pub scan_interval: Option<DurationText>,
@@ -90,6 +93,9 @@ pub struct SyncConfig {
     /// that sends a set must not be able to plant a setuid-root program on the
     /// others.
     pub preserve_privileged: bool,
+    /// Which owners and groups the targets keep as sent (the rest become root).
+    /// `preserve_privileged` keeps them all.
+    pub ownership: Ownership,
     pub fsync: FsyncPolicy,
     pub watch: WatchMode,
     /// How often parts of the tree that could not be watched are scanned.
@@ -215,6 +221,11 @@ pub(crate) fn validate_sync(
                 None
             }
         };
+        let owners = kept_ids(ctx, &p.key("owners"), &who, IdKind::User, s.owners);
+        let groups = kept_ids(ctx, &p.key("groups"), &who, IdKind::Group, s.groups);
+        let ownership = owners
+            .zip(groups)
+            .map(|(owners, groups)| Ownership { owners, groups });
         if let Some(delay) = delay {
             if delay > Duration::from_secs(60) {
                 ctx.warn(
@@ -232,8 +243,15 @@ pub(crate) fn validate_sync(
                 Some(rescan_interval),
                 Some(fsync),
                 Some(watch),
-            ) = (delay, scan_interval, rescan_interval, fsync, watch)
-            {
+                Some(ownership),
+            ) = (
+                delay,
+                scan_interval,
+                rescan_interval,
+                fsync,
+                watch,
+                ownership,
+            ) {
                 out.push((
                     i,
                     SyncConfig {
@@ -246,6 +264,7 @@ pub(crate) fn validate_sync(
                         delay,
                         delete: s.delete.unwrap_or(true),
                         preserve_privileged: s.preserve_privileged.unwrap_or(false),
+                        ownership,
                         fsync,
                         watch,
                         scan_interval,

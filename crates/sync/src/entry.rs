@@ -138,6 +138,22 @@ impl Entry {
     }
 }
 
+/// Owner and group as a set writes them on its targets: as sent when it
+/// preserves privileged attributes, else through its `owners` and `groups`
+/// lists (an id not kept becomes root's).
+pub fn kept_owner(
+    ownership: &uphold_config::owners::Ownership,
+    preserve_privileged: bool,
+    uid: u32,
+    gid: u32,
+) -> (u32, u32) {
+    if preserve_privileged {
+        (uid, gid)
+    } else {
+        (ownership.uid(uid), ownership.gid(gid))
+    }
+}
+
 /// `mode` with setuid and setgid cleared: how a set that does not preserve
 /// privileged bits sends and writes it.
 pub fn without_privileged_bits(mode: u32) -> u32 {

@@ -25,6 +25,8 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use uphold_config::owners::Ownership;
+use uphold_config::sync::SyncConfig;
 use uphold_delta::{DeltaEncoder, Signature, DEFAULT_MAX_BLOCKS};
 
 /// What the sender needs to know about a set.
@@ -34,18 +36,38 @@ pub struct SenderSet {
     pub source: PathBuf,
     pub excludes: Excludes,
     pub delete: bool,
-    /// Send setuid and setgid bits (the set's `preserve_privileged`); otherwise
-    /// the source is compared and sent as if they were clear, as the receivers
-    /// write it.
+    /// Send setuid and setgid bits and every owner (the set's
+    /// `preserve_privileged`); otherwise the source is compared and sent as if
+    /// they were clear and its owners were those `ownership` keeps, as the
+    /// receivers write it.
     pub preserve_privileged: bool,
+    pub ownership: Ownership,
 }
 
 impl SenderSet {
+    /// What the sender needs of `set`, sending from `source`.
+    pub fn new(set: &SyncConfig, source: PathBuf, excludes: Excludes) -> SenderSet {
+        SenderSet {
+            name: set.name.as_str().to_string(),
+            source,
+            excludes,
+            delete: set.delete,
+            preserve_privileged: set.preserve_privileged,
+            ownership: set.ownership.clone(),
+        }
+    }
+
     /// A source entry as this set sends it.
     fn as_sent(&self, mut entry: Entry) -> Entry {
         if !self.preserve_privileged {
             entry.mode = crate::entry::without_privileged_bits(entry.mode);
         }
+        (entry.uid, entry.gid) = crate::entry::kept_owner(
+            &self.ownership,
+            self.preserve_privileged,
+            entry.uid,
+            entry.gid,
+        );
         entry
     }
 }

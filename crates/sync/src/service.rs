@@ -292,13 +292,7 @@ async fn send_while_sender(
     })
     .map_err(|e| format!("cannot watch {}: {e}", set.source.display()))?;
 
-    let sender_set = Arc::new(SenderSet {
-        name: set.name.as_str().to_string(),
-        source: set.source.clone(),
-        excludes: excludes.clone(),
-        delete: set.delete,
-        preserve_privileged: set.preserve_privileged,
-    });
+    let sender_set = Arc::new(SenderSet::new(set, set.source.clone(), excludes.clone()));
     let cancel = Arc::new(AtomicBool::new(false));
     let mut targets = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use uphold_sync::engine::batcher::Outcome;
 use uphold_sync::engine::pending::Pending;
 use uphold_sync::path::RelPath;
@@ -226,11 +226,20 @@ fn a_transfer_that_would_fill_the_target_filesystem_waits() {
     assert!(temp_files(&pair.target).is_empty());
 }
 
+/// Another full pass over an unchanged source compares and sends no file: the
+/// sender sees the target as the receiver wrote it.
+async fn second_pass_sends_nothing(pair: &Pair) {
+    let before = pair.wire_bytes();
+    pair.sync_all().await;
+    let sent = pair.wire_bytes() - before;
+    assert!(sent < 2_000, "a second pass sent {sent} bytes");
+}
+
 #[test]
 fn setuid_and_setgid_bits_are_not_recreated_unless_the_set_preserves_them() {
     use uphold_sync::protocol::{FileOp, OpResult, Request, Response};
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
-    let pair = Pair::stripping_privileged();
+    let pair = Pair::stripping_privileged(Default::default());
     std::fs::write(pair.source.join("tool"), b"#!/bin/sh\n").unwrap();
     std::fs::set_permissions(
         pair.source.join("tool"),
@@ -248,13 +257,7 @@ fn setuid_and_setgid_bits_are_not_recreated_unless_the_set_preserves_them() {
         assert_eq!(mode(&pair.target.join("tool")), 0o755);
         assert_eq!(mode(&pair.target.join("shared")), 0o775);
         // The source keeps its bits, and a second pass does not try again.
-        let before = pair.wire_bytes();
-        pair.sync_all().await;
-        assert!(
-            pair.wire_bytes() - before < 2_000,
-            "{}",
-            pair.wire_bytes() - before
-        );
+        second_pass_sends_nothing(&pair).await;
         // A peer that asks for the bits directly does not get them either.
         let setuid = Request::Apply {
             set: "www".into(),
@@ -271,6 +274,63 @@ fn setuid_and_setgid_bits_are_not_recreated_unless_the_set_preserves_them() {
         assert_eq!(mode(&pair.target.join("tool")), 0o755);
     });
     assert_eq!(mode(&pair.source.join("tool")), 0o4755);
+}
+
+#[test]
+fn only_the_owners_and_groups_a_set_keeps_are_given_on_the_target() {
+    use uphold_config::owners::{KeptIds, Ownership};
+    use uphold_sync::protocol::{FileOp, OpResult, Request, Response};
+    if !uphold_testkit::require_root(
+        "only_the_owners_and_groups_a_set_keeps_are_given_on_the_target",
+    ) {
+        return;
+    }
+    let owner = |p: &std::path::Path| {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.uid(), m.gid())
+    };
+    let pair = Pair::stripping_privileged(Ownership {
+        owners: Some(KeptIds::new([33..=33, 2000..=2999])),
+        groups: Some(KeptIds::new([33..=33])),
+    });
+    let chown = |name: &str, uid: u32, gid: u32| {
+        std::os::unix::fs::lchown(pair.source.join(name), Some(uid), Some(gid)).unwrap();
+    };
+    std::fs::write(pair.source.join("page.html"), b"<p>hi</p>").unwrap();
+    chown("page.html", 33, 33);
+    std::fs::write(pair.source.join("site.php"), b"<?php").unwrap();
+    chown("site.php", 2500, 2500);
+    std::fs::create_dir(pair.source.join("home")).unwrap();
+    chown("home", 1000, 1000);
+    std::os::unix::fs::symlink("page.html", pair.source.join("link")).unwrap();
+    chown("link", 4321, 33);
+    rt().block_on(async {
+        pair.sync_all().await;
+        assert_eq!(owner(&pair.target.join("page.html")), (33, 33));
+        // A kept owner with a group that is not kept.
+        assert_eq!(owner(&pair.target.join("site.php")), (2500, 0));
+        assert_eq!(owner(&pair.target.join("home")), (0, 0));
+        assert_eq!(owner(&pair.target.join("link")), (0, 33));
+        // The sender compares as the target writes, so a second pass sends nothing.
+        second_pass_sends_nothing(&pair).await;
+        // A peer that asks for another owner directly does not get it either.
+        let mut wanted = meta(0o644);
+        (wanted.uid, wanted.gid) = (4321, 4321);
+        let request = Request::Apply {
+            set: "www".into(),
+            ops: vec![FileOp::SetMeta {
+                path: rp("page.html"),
+                kind: uphold_sync::entry::Kind::File,
+                meta: wanted,
+            }],
+        };
+        match pair.transport.call(request).await {
+            Ok(Response::Apply(results)) => assert_eq!(results, vec![OpResult::Done]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(owner(&pair.target.join("page.html")), (0, 0));
+    });
+    assert_eq!(owner(&pair.source.join("site.php")), (2500, 2500));
 }
 
 #[test]

@@ -115,13 +115,7 @@ pub fn once(args: SyncOnceArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let sender_set = SenderSet {
-        name: set.name.as_str().to_string(),
-        source: set.source_for(&me.name),
-        excludes,
-        delete: set.delete,
-        preserve_privileged: set.preserve_privileged,
-    };
+    let sender_set = SenderSet::new(set, set.source_for(&me.name), excludes);
     let rpc = Arc::new(uphold_proto::rpc::RpcClient::new(endpoint));
     let mut all_ok = true;
     for target in targets {

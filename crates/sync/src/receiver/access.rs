@@ -149,6 +149,7 @@ mod tests {
             delay: Duration::from_millis(100),
             delete: true,
             preserve_privileged: false,
+            ownership: Default::default(),
             fsync: FsyncPolicy::Batch,
             watch: WatchMode::Auto,
             scan_interval: Duration::from_secs(60),

@@ -9,11 +9,15 @@ use std::time::Duration;
 use uphold_os::confined::DirFd;
 
 /// What a peer may set: setuid and setgid only where the set preserves them, so
-/// a member that sends a set cannot plant a setuid-root program on the others.
+/// a member that sends a set cannot plant a setuid-root program on the others,
+/// and only the owners and groups the set keeps, so it cannot hand files to
+/// any local account.
 pub(super) fn restrict(meta: &mut Meta, set: &uphold_config::sync::SyncConfig) {
     if !set.preserve_privileged {
         meta.mode = crate::entry::without_privileged_bits(meta.mode);
     }
+    (meta.uid, meta.gid) =
+        crate::entry::kept_owner(&set.ownership, set.preserve_privileged, meta.uid, meta.gid);
 }
 
 pub(super) fn apply_meta(

@@ -8,6 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use uphold_config::owners::Ownership;
 use uphold_config::sync::{FsyncPolicy, SyncConfig, SyncDirection, WatchMode};
 use uphold_core::{GroupName, NodeName};
 use uphold_sync::engine::batcher::Outcome;
@@ -28,16 +29,17 @@ pub struct Pair {
     pub exclude: Vec<String>,
 }
 
+/// The receiving side of `set`: the same rules for privileged bits and owners.
 fn receiver_transport(
-    source: &Path,
-    target: &Path,
+    set: &SenderSet,
     exclude: &[String],
+    target: &Path,
     state: &Path,
-    preserve_privileged: bool,
 ) -> LocalTransport {
     let cfg = SyncConfig {
-        preserve_privileged,
-        ..config(source, target, exclude.to_vec())
+        preserve_privileged: set.preserve_privileged,
+        ownership: set.ownership.clone(),
+        ..config(&set.source, target, exclude.to_vec())
     };
     let receiver = Arc::new(Receiver::new(
         NodeName::new("b").unwrap(),
@@ -61,6 +63,7 @@ pub fn config(source: &Path, target: &Path, exclude: Vec<String>) -> SyncConfig 
         // The tests check that trees arrive exactly as they are, setuid included;
         // the default (stripping) has its own test.
         preserve_privileged: true,
+        ownership: Default::default(),
         fsync: match std::env::var("UPHOLD_TEST_FSYNC").as_deref() {
             Ok("batch") => FsyncPolicy::Batch,
             Ok("file") => FsyncPolicy::File,
@@ -109,15 +112,17 @@ impl Pair {
         let state = dir.path().join("state");
         std::fs::create_dir(&source).unwrap();
         std::fs::create_dir(&target).unwrap();
-        let transport = receiver_transport(&source, &target, &exclude, &state, true);
+        let set = SenderSet {
+            name: "www".into(),
+            source: source.clone(),
+            excludes: Excludes::new(&exclude).unwrap(),
+            delete: true,
+            preserve_privileged: true,
+            ownership: Default::default(),
+        };
+        let transport = receiver_transport(&set, &exclude, &target, &state);
         Pair {
-            set: SenderSet {
-                name: "www".into(),
-                source: source.clone(),
-                excludes: Excludes::new(&exclude).unwrap(),
-                delete: true,
-                preserve_privileged: true,
-            },
+            set,
             dir,
             source,
             target,
@@ -132,19 +137,17 @@ impl Pair {
     /// files stay on disk, as after a crash), a new receiver serves the same target
     /// and state directory.
     pub fn restart_receiver(&mut self) {
-        let exclude = self.exclude.clone();
         let state = self.dir.path().join("state");
-        let preserve = self.set.preserve_privileged;
-        self.transport = receiver_transport(&self.source, &self.target, &exclude, &state, preserve);
+        self.transport = receiver_transport(&self.set, &self.exclude, &self.target, &state);
     }
 
     /// A pair whose set does not preserve setuid and setgid bits (the default of a
-    /// configured set).
-    pub fn stripping_privileged() -> Pair {
+    /// configured set), and keeps the owners and groups `ownership` keeps.
+    pub fn stripping_privileged(ownership: Ownership) -> Pair {
         let mut pair = Pair::new();
         pair.set.preserve_privileged = false;
-        let state = pair.dir.path().join("state");
-        pair.transport = receiver_transport(&pair.source, &pair.target, &[], &state, false);
+        pair.set.ownership = ownership;
+        pair.restart_receiver();
         pair
     }
 
