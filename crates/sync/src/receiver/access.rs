@@ -1,6 +1,9 @@
 //! Who may send a set to this member: the access rule of every request, decided
 //! from the set's config alone so that it is tested without a socket.
 
+// Decides only: no clock, disk, socket or thread (clippy.toml).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
 use std::fmt;
 use uphold_config::sync::{SyncConfig, SyncDirection};
 use uphold_core::NodeName;

@@ -4,6 +4,9 @@
 //! target filesystem. Decided here, without a socket, a clock or a disk; the
 //! receiver counts and measures.
 
+// Decides only: no clock, disk, socket or thread (clippy.toml).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
 use super::access::Refusal;
 use std::time::Duration;
 use uphold_core::NodeName;

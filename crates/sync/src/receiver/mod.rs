@@ -7,26 +7,25 @@
 //!
 //! Here: the receiver's state (sets, open transfers) and the handling of each
 //! request. Beside it: who may send (`access`), how many streams a peer may
-//! hold and for how long (`limits`), streams
-//! being received (`transfer`), operations on the target tree (`files`) and
-//! owners and modes of what is written (`meta`).
+//! hold and for how long (`limits`), streams being received (`transfer`), in
+//! which order a batch of operations is carried out and made durable
+//! (`staging`, decided; `apply`, done), operations on the target tree
+//! (`files`) and owners and modes of what is written (`meta`).
 
 use crate::entry::Meta;
 use crate::path::{Excludes, RelPath};
 use crate::protocol::{
-    decode, encode, DeltaBasis, FileOp, OpResult, Request, Response, SYNC_PROTOCOL, SYNC_SERVICE,
+    decode, encode, DeltaBasis, FileOp, Request, Response, SYNC_PROTOCOL, SYNC_SERVICE,
 };
 use crate::sigcache::SigCache;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
-use std::io::{self, BufWriter, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::io::BufWriter;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
-use uphold_config::sync::{FsyncPolicy, SyncConfig};
+use uphold_config::sync::SyncConfig;
 use uphold_core::NodeName;
 use uphold_delta::{block_size_for, Applier, SignatureBuilder};
 use uphold_os::confined::DirFd;
@@ -71,9 +70,11 @@ impl std::fmt::Debug for Receiver {
 }
 
 mod access;
+mod apply;
 mod files;
 mod limits;
 mod meta;
+mod staging;
 mod transfer;
 
 pub use access::Refusal;
@@ -81,11 +82,8 @@ pub use access::Refusal;
 /// How often the daemon asks the receiver to abandon idle streams.
 pub const EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
-use files::{
-    compare, delete, finish_put, mkdir, open_parent, open_root, rename, set_meta_at, symlink,
-    temp_name,
-};
-use meta::{file_meta_planned, Creds};
+use files::{compare, open_parent, open_root, temp_name};
+use meta::Creds;
 use transfer::{chunk, commit, signature, SigWriter, Transfer, TransferBody, TransferSlot};
 
 impl Receiver {
@@ -419,291 +417,12 @@ impl Receiver {
             }
         }
     }
-
-    fn apply(&self, root: &DirFd, set: &ReceiverSet, ops: Vec<FileOp>) -> Vec<OpResult> {
-        let policy = set.config.fsync;
-        // Every entry is overwritten with the real outcome; one that is not (a worker
-        // thread lost) reports failure rather than success.
-        let mut results = vec![OpResult::Failed("not applied".into()); ops.len()];
-        // Files written but not yet renamed into place (batch policy): one syncfs covers
-        // them all before the first rename.
-        let mut pending: Vec<Staged> = Vec::new();
-        let mut run: Vec<PutJob> = Vec::new();
-        for (index, op) in ops.into_iter().enumerate() {
-            if let FileOp::Put { path, meta, data } = op {
-                run.push(PutJob {
-                    index,
-                    path,
-                    meta,
-                    data,
-                });
-                continue;
-            }
-            self.put_run(
-                root,
-                set,
-                std::mem::take(&mut run),
-                &mut pending,
-                &mut results,
-            );
-            if !matches!(op, FileOp::Mkdir { .. } | FileOp::SetMeta { .. }) {
-                self.finish_pending(root, set, policy, &mut pending, &mut results);
-            }
-            results[index] = match op {
-                FileOp::Put { .. } => unreachable_put(),
-                FileOp::Mkdir { path, meta } => {
-                    result(mkdir(root, &path, &meta, self.preserves_owner))
-                }
-                FileOp::Symlink { path, target, meta } => {
-                    result(symlink(root, &path, &target, &meta, self.preserves_owner))
-                }
-                FileOp::SetMeta { path, kind, meta } => {
-                    result(set_meta_at(root, &path, kind, &meta, self.preserves_owner))
-                }
-                FileOp::Rename { from, to, expect } => match rename(root, &from, &to, &expect) {
-                    Ok(true) => {
-                        self.counters.renames.fetch_add(1, Ordering::Relaxed);
-                        if let Some(cache) = &set.sigcache {
-                            cache.forget(&from);
-                        }
-                        OpResult::Done
-                    }
-                    Ok(false) => OpResult::Skipped,
-                    Err(e) => OpResult::Failed(e),
-                },
-                FileOp::Delete { path } => match delete(root, &path) {
-                    Ok(()) => {
-                        self.counters.deletes.fetch_add(1, Ordering::Relaxed);
-                        OpResult::Done
-                    }
-                    Err(e) => OpResult::Failed(e),
-                },
-            };
-        }
-        self.put_run(root, set, run, &mut pending, &mut results);
-        self.finish_pending(root, set, policy, &mut pending, &mut results);
-        results
-    }
-
-    /// Writes a run of consecutive small files, on several threads when it is long:
-    /// file creation is system-call bound and the files are independent.
-    fn put_run(
-        &self,
-        root: &DirFd,
-        set: &ReceiverSet,
-        run: Vec<PutJob>,
-        pending: &mut Vec<Staged>,
-        results: &mut [OpResult],
-    ) {
-        if run.is_empty() {
-            return;
-        }
-        let policy = set.config.fsync;
-        let write = |jobs: &[PutJob]| -> Vec<(usize, Result<Staged, String>)> {
-            let mut cached = None;
-            jobs.iter()
-                .map(|j| {
-                    let staged = self
-                        .put(root, &mut cached, &j.path, &j.meta, &j.data, policy)
-                        .map(|(dir, temp, name)| Staged {
-                            index: j.index,
-                            dir,
-                            temp,
-                            name,
-                            path: j.path.clone(),
-                            len: j.data.len() as u64,
-                        });
-                    (j.index, staged)
-                })
-                .collect()
-        };
-        let written = parallel(&run, write);
-        let mut ready = Vec::new();
-        for (index, staged) in written {
-            match staged {
-                Ok(staged) => {
-                    results[index] = OpResult::Done;
-                    ready.push(staged);
-                }
-                Err(e) => results[index] = OpResult::Failed(e),
-            }
-        }
-        if policy == FsyncPolicy::Batch {
-            pending.extend(ready);
-        } else {
-            self.publish_all(set, policy, ready, results);
-        }
-    }
-
-    fn finish_pending(
-        &self,
-        root: &DirFd,
-        set: &ReceiverSet,
-        policy: FsyncPolicy,
-        pending: &mut Vec<Staged>,
-        results: &mut [OpResult],
-    ) {
-        if pending.is_empty() {
-            return;
-        }
-        if let Err(e) = root.syncfs() {
-            for staged in pending.drain(..) {
-                let _ = staged.dir.unlink(&staged.temp);
-                results[staged.index] = OpResult::Failed(format!("{}: syncfs: {e}", staged.path));
-            }
-            return;
-        }
-        self.publish_all(set, policy, std::mem::take(pending), results);
-    }
-
-    /// Renames written files into place (several threads for long runs).
-    fn publish_all(
-        &self,
-        set: &ReceiverSet,
-        policy: FsyncPolicy,
-        staged: Vec<Staged>,
-        results: &mut [OpResult],
-    ) {
-        for s in &staged {
-            results[s.index] = OpResult::Failed(format!("{}: not renamed into place", s.path));
-        }
-        let outcomes = parallel(&staged, |chunk: &[Staged]| {
-            chunk
-                .iter()
-                .map(|s| {
-                    let outcome = finish_put(&s.dir, &s.temp, &s.name, policy).map_err(|e| {
-                        let _ = s.dir.unlink(&s.temp);
-                        format!("{}: {e}", s.path)
-                    });
-                    (s.index, outcome)
-                })
-                .collect()
-        });
-        let by_index: HashMap<usize, &Staged> = staged.iter().map(|s| (s.index, s)).collect();
-        for (index, outcome) in outcomes {
-            let Some(s) = by_index.get(&index) else {
-                continue;
-            };
-            match outcome {
-                Ok(()) => {
-                    results[s.index] = OpResult::Done;
-                    self.wrote(set, &s.path, s.len);
-                }
-                Err(e) => results[s.index] = OpResult::Failed(e),
-            }
-        }
-    }
-
-    fn wrote(&self, set: &ReceiverSet, path: &RelPath, len: u64) {
-        self.counters.files_written.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .bytes_written
-            .fetch_add(len, Ordering::Relaxed);
-        if len >= crate::protocol::DELTA_MIN {
-            if let Some(cache) = &set.sigcache {
-                cache.forget(path);
-            }
-        }
-    }
-
-    /// Writes a whole small file to a temporary name next to its final place, with as
-    /// few system calls as give it its exact owner, mode and mtime.
-    fn put(
-        &self,
-        root: &DirFd,
-        cached: &mut Option<(RelPath, Arc<DirFd>)>,
-        path: &RelPath,
-        meta: &Meta,
-        data: &[u8],
-        policy: FsyncPolicy,
-    ) -> Result<(DirFd, OsString, OsString), String> {
-        let (parent, name) = path.split().ok_or("cannot write the root as a file")?;
-        let dir = match cached {
-            Some((p, dir)) if *p == parent => dir.clone(),
-            _ => {
-                let dir = Arc::new(
-                    root.open_subdir(parent.as_path())
-                        .map_err(|e| format!("{path}: opening parent directory: {e}"))?,
-                );
-                *cached = Some((parent.clone(), dir.clone()));
-                dir
-            }
-        };
-        let name = OsStr::from_bytes(name).to_os_string();
-        let temp = temp_name(&name);
-        let plan = self.creds.plan(meta, self.preserves_owner, &dir);
-        let write = || -> io::Result<()> {
-            let mut f = dir.create_new(&temp, meta.mode & 0o777)?;
-            f.write_all(data)?;
-            if !file_meta_planned(&f, meta, plan)? {
-                dir.set_mtime(&temp, meta.mtime_s, meta.mtime_ns)?;
-            }
-            if policy == FsyncPolicy::File {
-                f.sync_data()?;
-            }
-            Ok(())
-        };
-        if let Err(e) = write() {
-            let _ = dir.unlink(&temp);
-            return Err(format!("{path}: {e}"));
-        }
-        let own = dir
-            .open_subdir(Path::new(""))
-            .map_err(|e| format!("{path}: {e}"))?;
-        Ok((own, temp, name))
-    }
-}
-
-struct PutJob {
-    index: usize,
-    path: RelPath,
-    meta: Meta,
-    data: Vec<u8>,
 }
 
 /// Bytes an unprivileged writer may still use on the filesystem holding `path`.
 fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
     let st = nix::sys::statvfs::statvfs(path)?;
     Ok(st.blocks_available().saturating_mul(st.fragment_size()))
-}
-
-/// A file written under a temporary name, waiting to be renamed into place.
-struct Staged {
-    index: usize,
-    dir: DirFd,
-    temp: OsString,
-    name: OsString,
-    path: RelPath,
-    len: u64,
-}
-
-fn unreachable_put() -> OpResult {
-    OpResult::Failed("internal: a file write was not batched".into())
-}
-
-/// Runs `work` over `items` split into contiguous chunks, one per thread (up to 4), when
-/// there are enough items to pay for the threads; results in the order of `items`.
-fn parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&[T]) -> Vec<R> + Sync) -> Vec<R> {
-    const MIN_PER_THREAD: usize = 16;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4)
-        .min(items.len() / MIN_PER_THREAD)
-        .max(1);
-    if threads == 1 {
-        return work(items);
-    }
-    let chunk = items.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(|| work(part)))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    })
 }
 
 /// The RPC entry point: decodes, runs the blocking work off the async threads, encodes.
@@ -745,12 +464,5 @@ impl uphold_proto::rpc::RpcHandler for ReceiverHandler {
     ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let this = self.clone();
         Box::pin(async move { this.call(peer, service, body).await })
-    }
-}
-
-fn result(r: Result<(), String>) -> OpResult {
-    match r {
-        Ok(()) => OpResult::Done,
-        Err(e) => OpResult::Failed(e),
     }
 }
