@@ -137,6 +137,39 @@ fn env_u64(name: &str) -> Option<u64> {
     }
 }
 
+/// Seeds of `simulation_seeds` kept because they once found a bug.
+const REGRESSION_SEEDS: &[u64] = &[
+    // A node whose lease ran out stopped its group, withdrew the claim,
+    // then claimed the same epoch again and ran on grants sent before
+    // the withdrawal, which the voters had forgotten: beside the next
+    // owner. Fixed by giving a withdrawn claim up for good (LeaseLost).
+    19614,
+    // Both candidates of a group failed its start before healing; the
+    // leader cleared the marks just before the liveness deadline and the
+    // start was still under way. The check now measures such a group
+    // from the clearing.
+    29026,
+    // Lease 2000 ms, a daemon restarted at healing: its gate waits out a
+    // whole lease, and with two resources to start recovery took longer
+    // than a fixed 5 s. The bound now follows the lease and the starts.
+    262053,
+];
+
+#[test]
+fn the_shipped_timing_leaves_the_regression_seeds_their_scenarios() {
+    for seed in REGRESSION_SEEDS {
+        assert!(
+            !sim::plan::runs_shipped_timing(*seed),
+            "seed {seed} would now run the shipped timing, not the scenario that found its bug"
+        );
+    }
+    // And it is drawn often enough to matter.
+    let shipped = (0..1000)
+        .filter(|s| sim::plan::runs_shipped_timing(*s))
+        .count();
+    assert!((200..300).contains(&shipped), "{shipped} of 1000");
+}
+
 #[test]
 fn simulation_seeds() {
     Sweep {
@@ -144,22 +177,7 @@ fn simulation_seeds() {
         seed_var: "UPHOLD_SIM_SEED",
         seeds_var: "UPHOLD_SIM_SEEDS",
         default_seeds: 1500,
-        regressions: &[
-            // A node whose lease ran out stopped its group, withdrew the claim,
-            // then claimed the same epoch again and ran on grants sent before
-            // the withdrawal, which the voters had forgotten: beside the next
-            // owner. Fixed by giving a withdrawn claim up for good (LeaseLost).
-            19614,
-            // Both candidates of a group failed its start before healing; the
-            // leader cleared the marks just before the liveness deadline and the
-            // start was still under way. The check now measures such a group
-            // from the clearing.
-            29026,
-            // Lease 2000 ms, a daemon restarted at healing: its gate waits out a
-            // whole lease, and with two resources to start recovery took longer
-            // than a fixed 5 s. The bound now follows the lease and the starts.
-            262053,
-        ],
+        regressions: REGRESSION_SEEDS,
         test: "simulation_seeds",
     }
     .sweep();
