@@ -7,6 +7,7 @@
 
 pub mod child;
 pub mod deploy;
+pub mod http_backend;
 pub mod loopback;
 pub mod netns;
 pub mod pressure;

@@ -3,52 +3,15 @@
 //! across it, `uphold balance drain`, `uphold status` and the metrics.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use uphold_testkit::child::KilledOnDrop;
+use uphold_testkit::http_backend::Backend;
 use uphold_testkit::loopback::{free_port, wait_for};
 
 fn uphold() -> Command {
     Command::new(env!("CARGO_BIN_EXE_uphold"))
-}
-
-/// A minimal HTTP/1.1 server (keep-alive) answering its name, on its own threads.
-fn backend(name: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut stream = stream;
-                loop {
-                    let mut line = String::new();
-                    // Request line, then headers up to the blank line.
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h == "\r\n" {
-                            break;
-                        }
-                    }
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{name}",
-                        name.len()
-                    );
-                    if stream.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
 }
 
 /// A keep-alive client connection speaking just enough HTTP/1.1.
@@ -130,7 +93,11 @@ fn run_cli(args: &[&str], config: &std::path::Path) -> (bool, String) {
 
 #[test]
 fn balancer_only_daemon_reloads_drains_and_reports() {
-    let (a, b) = (backend("a"), backend("b"));
+    // The backends run on a runtime of their own while this test blocks.
+    let backends = tokio::runtime::Runtime::new().unwrap();
+    let (server_a, server_b) =
+        backends.block_on(async { (Backend::http("a").await, Backend::http("b").await) });
+    let (a, b) = (server_a.addr.port(), server_b.addr.port());
     let (api, port) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("uphold.toml");
