@@ -18,16 +18,12 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use uphold_core::Millis;
 use uphold_sync::engine::batcher::{Batcher, Change, Outcome};
 use uphold_sync::engine::pending::Pending;
-use uphold_sync::path::{Excludes, RelPath};
+use uphold_sync::path::Excludes;
 use uphold_sync::protocol::{CompareItem, CompareResult, Request, Response};
 use uphold_sync::transport::{Fault, Transport};
 
 const DELAY: Millis = 20;
 const MIB: usize = 1024 * 1024;
-
-fn rp(s: &str) -> RelPath {
-    RelPath::new(s.as_bytes().to_vec()).unwrap()
-}
 
 /// Deterministic bytes; `seed` picks the version.
 fn content(len: usize, seed: u64) -> Vec<u8> {

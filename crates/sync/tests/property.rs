@@ -896,10 +896,6 @@ fn excluded_entries_are_left_alone_on_both_sides() {
 // Regressions found by the property above, kept as plain tests named after what they
 // guard.
 
-fn rp(s: &str) -> RelPath {
-    RelPath::new(s.as_bytes().to_vec()).unwrap()
-}
-
 /// A directory replaced by a symlink that loops, with a hint still pending for a name
 /// inside it: the name is simply gone (ELOOP), not a reason to fail the whole batch and
 /// call the target unreachable.

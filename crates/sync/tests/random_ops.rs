@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 use uphold_sync::engine::batcher::Outcome;
 use uphold_sync::engine::pending::Pending;
-use uphold_sync::path::RelPath;
 
 const DIRS: [&str; 4] = ["", "a", "b", "a/c"];
 const NAMES: [&str; 4] = ["f0", "f1", "f2", "x"];
@@ -97,10 +96,6 @@ fn file_path(i: usize) -> String {
     } else {
         format!("{dir}/{name}")
     }
-}
-
-fn rp(s: &str) -> RelPath {
-    RelPath::new(s.as_bytes().to_vec()).unwrap()
 }
 
 struct World {

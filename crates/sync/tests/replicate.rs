@@ -7,12 +7,7 @@ use common::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use uphold_sync::engine::batcher::Outcome;
 use uphold_sync::engine::pending::Pending;
-use uphold_sync::path::RelPath;
 use uphold_sync::transport::{CallError, Transport};
-
-fn rp(s: &str) -> RelPath {
-    RelPath::new(s.as_bytes().to_vec()).unwrap()
-}
 
 /// Metadata a hostile peer might announce for a file it sends.
 fn meta(mode: u32) -> uphold_sync::entry::Meta {

@@ -4,15 +4,14 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use uphold_testkit::child::KilledOnDrop;
 use uphold_testkit::http_backend::Backend;
 use uphold_testkit::loopback::{free_port, wait_for};
 
-fn uphold() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_uphold"))
-}
+mod common;
+use common::uphold;
 
 /// A keep-alive client connection speaking just enough HTTP/1.1.
 struct Client {

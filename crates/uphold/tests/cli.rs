@@ -4,15 +4,14 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use uphold_testkit::child::KilledOnDrop;
 use uphold_testkit::loopback::{free_port, wait_for};
 
-fn uphold() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_uphold"))
-}
+mod common;
+use common::uphold;
 
 fn examples() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")

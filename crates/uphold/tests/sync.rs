@@ -9,16 +9,15 @@ use std::io::Read;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uphold_testkit::child::{run_ok, KilledOnDrop};
 use uphold_testkit::loopback::{free_port, status, wait_for};
 
-fn uphold() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_uphold"))
-}
+mod common;
+use common::uphold;
 
 /// `uphold run` as member `node`, its log appended to `log`; killed with
 /// SIGKILL when dropped.

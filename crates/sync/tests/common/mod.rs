@@ -13,7 +13,7 @@ use uphold_config::sync::{FsyncPolicy, SyncConfig, SyncDirection, WatchMode};
 use uphold_core::{GroupName, NodeName};
 use uphold_sync::engine::batcher::Outcome;
 use uphold_sync::engine::pending::Pending;
-use uphold_sync::path::Excludes;
+use uphold_sync::path::{Excludes, RelPath};
 use uphold_sync::receiver::Receiver;
 use uphold_sync::sender::{run_batch, SenderCounters, SenderSet};
 use uphold_sync::transport::{LocalTransport, Transport};
@@ -302,4 +302,9 @@ pub fn assert_same_but_temps(pair: &Pair) {
         only_a.is_empty() && only_b.is_empty() && differ.is_empty(),
         "trees differ: only in source {only_a:?}, only in target {only_b:?}, different {differ:?}"
     );
+}
+
+/// A relative path from test text (which is always valid).
+pub fn rp(s: &str) -> RelPath {
+    RelPath::new(s.as_bytes().to_vec()).unwrap()
 }
