@@ -11,6 +11,7 @@ mod incarnation;
 pub mod lease_service;
 pub mod metrics;
 mod reload;
+pub mod resource_error;
 pub mod resources;
 mod snapshot;
 pub mod status;

@@ -2,6 +2,7 @@
 //! each in order), stop in reverse (addresses first in an emergency), and one
 //! monitor pass per resource.
 
+use super::resource_error::{CommandRole, ResourceError};
 use crate::engine::StopKind;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,14 +19,15 @@ const NETLINK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Bounds a netlink call by [`NETLINK_TIMEOUT`].
 async fn netlink_call<T>(
-    what: &str,
+    what: &'static str,
     call: impl std::future::Future<Output = Result<T, uphold_os::OsError>>,
-) -> Result<T, String> {
+) -> Result<T, ResourceError> {
     match tokio::time::timeout(NETLINK_TIMEOUT, call).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "{what}: netlink did not answer within {NETLINK_TIMEOUT:?}"
-        )),
+        Ok(result) => result.map_err(|source| ResourceError::Netlink { what, source }),
+        Err(_) => Err(ResourceError::NetlinkTimeout {
+            what,
+            after: NETLINK_TIMEOUT,
+        }),
     }
 }
 
@@ -139,22 +141,18 @@ impl ResourceRunner {
         }
     }
 
-    async fn start(&self, group: &str, resource: &ResourceSpec) -> Result<(), String> {
+    async fn start(&self, group: &str, resource: &ResourceSpec) -> Result<(), ResourceError> {
         match resource {
             ResourceSpec::Ip(ip) => self.start_ip(group, ip).await,
             ResourceSpec::Exec(exec) => {
-                let outcome = self.run_command(group, exec, &exec.start).await?;
-                if outcome.success() {
-                    info!(group, resource = %exec.name, "started");
-                    Ok(())
-                } else {
-                    Err(format!("start command {}", outcome.summary()))
-                }
+                self.run_command(group, exec, CommandRole::Start).await?;
+                info!(group, resource = %exec.name, "started");
+                Ok(())
             }
         }
     }
 
-    async fn start_ip(&self, group: &str, ip: &IpResource) -> Result<(), String> {
+    async fn start_ip(&self, group: &str, ip: &IpResource) -> Result<(), ResourceError> {
         let outcome = netlink_call(
             "adding the address",
             self.netlink
@@ -193,7 +191,7 @@ impl ResourceRunner {
         Ok(())
     }
 
-    async fn stop(&self, group: &str, resource: &ResourceSpec) -> Result<(), String> {
+    async fn stop(&self, group: &str, resource: &ResourceSpec) -> Result<(), ResourceError> {
         match resource {
             ResourceSpec::Ip(ip) => {
                 netlink_call(
@@ -206,26 +204,31 @@ impl ResourceRunner {
                 Ok(())
             }
             ResourceSpec::Exec(exec) => {
-                let outcome = self.run_command(group, exec, &exec.stop).await?;
-                if outcome.success() {
-                    info!(group, resource = %exec.name, "stopped");
-                    Ok(())
-                } else {
-                    Err(format!("stop command {}", outcome.summary()))
-                }
+                self.run_command(group, exec, CommandRole::Stop).await?;
+                info!(group, resource = %exec.name, "stopped");
+                Ok(())
             }
         }
     }
 
-    /// Runs one of the commands of `exec` (of `group`) with its environment,
-    /// deadline and user, told to the guard while it runs.
+    /// Runs the `role` command of `exec` (of `group`) with its environment,
+    /// deadline and user, told to the guard while it runs. Ok when it exited 0
+    /// (a resource without a monitor command passes its check).
     async fn run_command(
         &self,
         group: &str,
         exec: &ExecResource,
-        argv: &[String],
-    ) -> Result<uphold_os::ExecOutcome, String> {
-        uphold_os::exec::run_watched(
+        role: CommandRole,
+    ) -> Result<(), ResourceError> {
+        let argv = match role {
+            CommandRole::Start => &exec.start,
+            CommandRole::Stop => &exec.stop,
+            CommandRole::Monitor => match &exec.monitor {
+                Some(argv) => argv,
+                None => return Ok(()),
+            },
+        };
+        let outcome = uphold_os::exec::run_watched(
             argv,
             exec.timeout,
             &self.env(group),
@@ -233,37 +236,33 @@ impl ResourceRunner {
             &self.commands.watch(group),
         )
         .await
-        .map_err(|e| e.to_string())
-    }
-
-    /// One monitor pass. Ok(()) when healthy.
-    pub async fn monitor(&self, group: &str, resource: &ResourceSpec) -> Result<(), String> {
-        match resource {
-            ResourceSpec::Ip(ip) => self.monitor_ip(ip).await,
-            ResourceSpec::Exec(exec) => self.monitor_exec(group, exec).await,
-        }
-    }
-
-    async fn monitor_exec(&self, group: &str, exec: &ExecResource) -> Result<(), String> {
-        let Some(argv) = &exec.monitor else {
-            return Ok(());
-        };
-        let outcome = self.run_command(group, exec, argv).await?;
+        .map_err(|source| ResourceError::CannotRun { role, source })?;
         if outcome.success() {
             Ok(())
         } else {
-            Err(format!("monitor {}", outcome.summary()))
+            Err(ResourceError::CommandFailed { role, outcome })
         }
     }
 
-    async fn monitor_ip(&self, ip: &IpResource) -> Result<(), String> {
+    /// One monitor pass. Ok(()) when healthy.
+    pub async fn monitor(&self, group: &str, resource: &ResourceSpec) -> Result<(), ResourceError> {
+        match resource {
+            ResourceSpec::Ip(ip) => self.monitor_ip(ip).await,
+            ResourceSpec::Exec(exec) => self.run_command(group, exec, CommandRole::Monitor).await,
+        }
+    }
+
+    async fn monitor_ip(&self, ip: &IpResource) -> Result<(), ResourceError> {
         let present = netlink_call(
             "listing addresses",
             self.netlink.has_address(&ip.interface, ip.address),
         )
         .await?;
         if !present {
-            return Err(format!("{} is no longer on {}", ip.address, ip.interface));
+            return Err(ResourceError::AddressGone {
+                address: ip.address,
+                interface: ip.interface.clone(),
+            });
         }
         let up = netlink_call(
             "reading the interface state",
@@ -271,7 +270,9 @@ impl ResourceRunner {
         )
         .await?;
         if !up {
-            return Err(format!("interface {} is down", ip.interface));
+            return Err(ResourceError::InterfaceDown {
+                interface: ip.interface.clone(),
+            });
         }
         Ok(())
     }
