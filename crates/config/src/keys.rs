@@ -16,9 +16,9 @@ pub struct Section {
 /// another section's row (a frontend's `tls` list) are listed under their own
 /// name too.
 pub fn sections() -> Vec<Section> {
-    use crate::balance::{BalanceFile, BalancerFile, CheckFile, ServerFile, TlsFile};
-    use crate::file::{ClusterFile, ExecFile, GroupFile, IpFile, MemberFile};
-    use crate::sync::SyncFile;
+    use crate::balance::file::{BalanceFile, BalancerFile, CheckFile, ServerFile, TlsFile};
+    use crate::cluster::file::{ClusterFile, ExecFile, GroupFile, IpFile, MemberFile};
+    use crate::sync::file::SyncFile;
     vec![
         section::<ClusterFile>("[cluster]"),
         section::<MemberFile>("[[cluster.member]]"),

@@ -1,23 +1,31 @@
 //! Configuration: TOML file structs (unknown keys rejected) -> `validate()` -> the
 //! typed [`Config`]. Every error names the file, line and key; see `CONFIG.md` for
 //! the reference of every key.
+//!
+//! Each role has a module with its file structs, typed model and validation:
+//! `cluster` (with its groups and resources), `sync` and `balance`. `values`
+//! holds what they share (durations, addresses, argv); `file`, `model` and
+//! `validate` put the roles together into the whole file.
 
 pub mod balance;
+mod cluster;
 mod error;
 mod file;
 mod identity;
 pub mod keys;
 mod locate;
 pub mod model;
-pub mod owners;
 pub mod sync;
 mod validate;
+mod values;
 
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
 pub use identity::{select_member, short_hostname};
 pub use model::*;
+pub use sync::owners;
 
-use file::{ExecFile, FileConfig, IpFile};
+use cluster::file::{ExecFile, IpFile};
+use file::FileConfig;
 use locate::{KeyPath, Locator};
 use std::ops::Range;
 use std::path::Path;
