@@ -164,16 +164,7 @@ async fn forward(
     started: Instant,
 ) -> Response<ResponseBody> {
     let cfg = &frontend.config;
-    let hosts = req.headers().get_all(header::HOST).iter().count();
-    let has_authority = req.uri().authority().is_some();
-    let content_length = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let checked = crate::engine::request::check(req.method(), req.version(), hosts, has_authority)
-        .and_then(|()| crate::engine::request::check_body(content_length, cfg.max_body_bytes));
-    if let Err(bad) = checked {
+    if let Err(bad) = crate::engine::request::check_request(&req, cfg.max_body_bytes) {
         frontend.pool.counters.bad_requests.fetch_add(1, Relaxed);
         let status = StatusCode::from_u16(bad.status()).unwrap_or(StatusCode::BAD_REQUEST);
         return error_response(status, &bad.reason());
@@ -391,8 +382,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// The request as the server gets it: origin-form target, HTTP/1.1, this hop's
-/// headers removed, forwarding headers added.
+/// The request as the server gets it: the head from [`upstream_head`], the body
+/// limited to `max_body_bytes`.
 fn prepare(
     req: Request<Incoming>,
     ctx: &ConnCtx,
@@ -400,6 +391,36 @@ fn prepare(
     max_body_bytes: u64,
 ) -> Result<Request<ReqBody>, StatusCode> {
     let (mut parts, body) = req.into_parts();
+    upstream_head(
+        &mut parts,
+        &ctx.client_ip,
+        ctx.forwarded_ip.as_ref(),
+        ctx.tls,
+        forwarded_for,
+    )?;
+    // A request without a body is sent as one, so it can be replayed.
+    let body = if body.is_end_stream() {
+        Either::Right(Empty::new())
+    } else {
+        Either::Left(http_body_util::Limited::new(
+            body,
+            usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+        ))
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The head as the server gets it: origin-form target, HTTP/1.1, this hop's
+/// headers removed, and with `forwarded_for` the client (`client_ip`, already a
+/// header value in `forwarded_ip`) added to X-Forwarded-For and -Proto. Apart from
+/// the body, so that the fuzz targets reach it with heads parsed from raw bytes.
+pub fn upstream_head(
+    parts: &mut http::request::Parts,
+    client_ip: &str,
+    forwarded_ip: Option<&HeaderValue>,
+    tls: bool,
+    forwarded_for: bool,
+) -> Result<(), StatusCode> {
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         // Absolute-form (a client talking to us as a proxy): the authority becomes
         // the Host and the server gets origin-form.
@@ -424,29 +445,20 @@ fn prepare(
                 joined.extend_from_slice(prev.as_bytes());
                 joined.extend_from_slice(b", ");
             }
-            joined.extend_from_slice(ctx.client_ip.as_bytes());
+            joined.extend_from_slice(client_ip.as_bytes());
             HeaderValue::from_bytes(&joined).ok()
         } else {
-            ctx.forwarded_ip.clone()
+            forwarded_ip.cloned()
         };
         if let Some(v) = value {
             parts.headers.insert(X_FORWARDED_FOR.clone(), v);
         }
-        let proto = if ctx.tls { "https" } else { "http" };
+        let proto = if tls { "https" } else { "http" };
         parts
             .headers
             .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    // A request without a body is sent as one, so it can be replayed.
-    let body = if body.is_end_stream() {
-        Either::Right(Empty::new())
-    } else {
-        Either::Left(http_body_util::Limited::new(
-            body,
-            usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
-        ))
-    };
-    Ok(Request::from_parts(parts, body))
+    Ok(())
 }
 
 /// A copy of a bodyless request (`retry::replayable` decides which), to send
@@ -460,7 +472,7 @@ fn replay_copy(req: &Request<ReqBody>) -> Request<ReqBody> {
     copy
 }
 
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()

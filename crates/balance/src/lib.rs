@@ -23,4 +23,13 @@ mod upstream;
 mod worker;
 
 pub use service::{Action, BalanceService};
+
+/// What the HTTP proxy does with a client's request head before a server sees it,
+/// for the fuzz targets (`crates/fuzz-targets`): the modules that hold it are
+/// private because nothing else outside the crate has a use for them.
+#[doc(hidden)]
+pub mod request_head {
+    pub use crate::http::{cookie_value, upstream_head};
+    pub use crate::upgrade::is_upgrade;
+}
 pub use status::BalanceStatus;

@@ -4,7 +4,7 @@
 //! which site is asked for (request smuggling, cache poisoning); HTTP/1.1
 //! requires a Host; `CONNECT` asks for a raw tunnel to any address.
 
-use http::{Method, Version};
+use http::{header, Method, Request, Version};
 
 /// Why a request is refused, with its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,21 @@ pub fn check_body(content_length: Option<u64>, limit: u64) -> Result<(), Malform
     }
 }
 
+/// Both checks on a parsed request head: its Host lines, whether its target names
+/// an authority, and the Content-Length it announces (one that does not parse is
+/// hyper's to refuse, so it counts as unknown here).
+pub fn check_request<B>(req: &Request<B>, max_body_bytes: u64) -> Result<(), Malformed> {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    let has_authority = req.uri().authority().is_some();
+    let content_length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    check(req.method(), req.version(), hosts, has_authority)
+        .and_then(|()| check_body(content_length, max_body_bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +124,35 @@ mod tests {
         );
         assert_eq!(Malformed::BodyTooLarge { limit: 10 }.status(), 413);
         assert_eq!(Malformed::NoHost.status(), 400);
+    }
+
+    #[test]
+    fn a_whole_head_is_judged_by_its_host_lines_target_and_length() {
+        let head = |target: &str, hosts: &[&str], length: Option<&str>| {
+            let mut req = Request::get(target);
+            for h in hosts {
+                req = req.header(header::HOST, *h);
+            }
+            if let Some(len) = length {
+                req = req.header(header::CONTENT_LENGTH, len);
+            }
+            req.body(()).unwrap()
+        };
+        assert_eq!(check_request(&head("/", &["a"], Some("10")), 10), Ok(()));
+        assert_eq!(check_request(&head("http://a/", &[], None), 10), Ok(()));
+        assert_eq!(
+            check_request(&head("/", &[], None), 10),
+            Err(Malformed::NoHost)
+        );
+        assert_eq!(
+            check_request(&head("/", &["a", "b"], None), 10),
+            Err(Malformed::SeveralHosts(2))
+        );
+        assert_eq!(
+            check_request(&head("/", &["a"], Some("11")), 10),
+            Err(Malformed::BodyTooLarge { limit: 10 })
+        );
+        // Not a number: hyper refuses such a head before the balancer sees it.
+        assert_eq!(check_request(&head("/", &["a"], Some("x")), 10), Ok(()));
     }
 }

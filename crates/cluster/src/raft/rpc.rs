@@ -29,23 +29,29 @@ pub const PROPOSE: u16 = 4;
 /// leader, whatever the caller asked for.
 const MAX_PROPOSE_WAIT: Duration = Duration::from_secs(60);
 
+// Public (hidden) with `ProposeRequest`, `ProposeReply`, `encode` and `decode` so
+// that the fuzz targets (`crates/fuzz-targets`) decode peers' bodies as the real
+// types and make their seed inputs with the real encoder.
+#[doc(hidden)]
 #[derive(Serialize, Deserialize)]
-pub(crate) struct SnapshotRequest {
+pub struct SnapshotRequest {
     pub vote: Vote,
     pub meta: SnapshotMeta,
     pub data: Vec<u8>,
 }
 
+#[doc(hidden)]
 #[derive(Serialize, Deserialize)]
-pub(crate) struct ProposeRequest {
+pub struct ProposeRequest {
     pub command: Command,
     /// How long the caller will wait; the leader stops waiting for the commit
     /// after this (the command may still commit).
     pub timeout_ms: u64,
 }
 
+#[doc(hidden)]
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum ProposeReply {
+pub enum ProposeReply {
     Applied(ApplyResult),
     /// The receiver is not the leader and did not append the command; the caller
     /// should ask `leader` (when known) instead.
@@ -64,11 +70,13 @@ pub(crate) fn member_id(members: &[(NodeName, NodeId)], peer: &NodeName) -> Resu
         .ok_or_else(|| format!("{peer} is not a member of this cluster"))
 }
 
-pub(crate) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, String> {
+#[doc(hidden)]
+pub fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, String> {
     postcard::to_allocvec(value).map_err(|e| format!("encoding {what}: {e}"))
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, String> {
+#[doc(hidden)]
+pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, String> {
     postcard::from_bytes(bytes).map_err(|e| format!("decoding {what}: {e}"))
 }
 
