@@ -128,6 +128,11 @@ pub struct RunArgs {
 pub struct CheckArgs {
     #[arg(long, short, default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
+    /// Also print a systemd drop-in that makes the whole file system read-only
+    /// for the daemon except the paths this config writes (state directories,
+    /// sync targets, the admin socket's directory).
+    #[arg(long)]
+    pub systemd: bool,
 }
 
 #[derive(Args, Debug)]
