@@ -30,12 +30,15 @@ fn errors(lines: &str) -> Vec<String> {
 fn unset_lists_keep_every_owner_and_set_ones_only_theirs() {
     assert_eq!(ownership(""), Ownership::default());
     let root = nix::unistd::User::from_name("root").unwrap().unwrap();
-    let got = ownership("owners = [\"root\", 33, \"2000-2999\"]\ngroups = [\"0\"]");
+    // A name with a dash is a name, not a range.
+    let www = nix::unistd::User::from_name("www-data").unwrap().unwrap();
+    let got = ownership("owners = [\"root\", \"www-data\", 33, \"2000-2999\"]\ngroups = [\"0\"]");
     assert_eq!(
         got,
         Ownership {
             owners: Some(KeptIds::new([
                 root.uid.as_raw()..=root.uid.as_raw(),
+                www.uid.as_raw()..=www.uid.as_raw(),
                 33..=33,
                 2000..=2999
             ])),

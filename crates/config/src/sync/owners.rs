@@ -121,9 +121,12 @@ pub(crate) fn kept_ids(
             IdText::Number(n) => u32::try_from(n).ok().map(|id| id..=id).ok_or_else(|| {
                 format!("{who}: invalid {} id {n}: must be 0 to 4294967295", kind.word())
             }),
-            IdText::Text(text) => match text.split_once('-') {
-                Some((low, high)) if id_number(low).is_some() && id_number(high).is_some() => {
-                    let (low, high) = (id_number(low).unwrap_or(0), id_number(high).unwrap_or(0));
+            // "www-data" has a dash too: only two numbers make a range.
+            IdText::Text(text) => match text
+                .split_once('-')
+                .and_then(|(low, high)| Some((id_number(low)?, id_number(high)?)))
+            {
+                Some((low, high)) => {
                     if low <= high {
                         Ok(low..=high)
                     } else {
